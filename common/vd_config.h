@@ -1,0 +1,95 @@
+/* vd_config: the daemon's configuration, one table of keys with defaults and bounds.
+ *
+ * The INI file (parsed with libinih) and `--set section.key=value` overrides go through the
+ * same table, so every key has exactly one type, default and range. Errors name the file, the
+ * line and the key. Keys under kafka.consumer.* and kafka.producer.* are not checked here:
+ * they are kept in order, with their line, and handed to librdkafka, whose own error text
+ * reports a bad property (see daemon/vd_kafka.c). This module does no I/O beyond reading the
+ * file it is given. */
+#ifndef VD_CONFIG_H
+#define VD_CONFIG_H
+
+#include <stddef.h>
+
+enum vd_log_format { VD_LOG_FORMAT_JSON = 0, VD_LOG_FORMAT_TEXT = 1 };
+
+/* One pass-through property (kafka.consumer.* / kafka.producer.*). */
+struct vd_config_prop {
+    char *name;  /* librdkafka property name, e.g. "security.protocol" */
+    char *value;
+    char *origin; /* "FILE:LINE" or "--set", for error messages */
+};
+
+struct vd_config_props {
+    struct vd_config_prop *v;
+    size_t n, cap;
+};
+
+struct vd_config {
+    /* [kafka] */
+    char *kafka_brokers;
+    char *kafka_group_id;
+    char *topic_requests;
+    char *topic_volunteers;
+    char *topic_responses;
+    char *topic_assignments;
+    char *topic_notifications;
+    char *topic_deadletter;
+    struct vd_config_props consumer_props;
+    struct vd_config_props producer_props;
+    /* [redis] */
+    char *redis_host;
+    int redis_port;
+    char *redis_unix_socket; /* "" = use host:port */
+    char *redis_password;    /* "" = no AUTH */
+    char *redis_user;        /* "" = AUTH with the password only */
+    int redis_db;
+    char *redis_key_prefix;
+    int redis_connect_timeout_ms;
+    int redis_command_timeout_ms;
+    int redis_request_ttl_s; /* how long a request's record is kept after it is created */
+    /* [matching] */
+    int radius_start_m;
+    int radius_max_m;
+    int candidates;
+    int offer_timeout_ms;
+    int max_offers;
+    int batch_window_ms;
+    int max_tasks_per_day;
+    /* [http] */
+    char *http_listen;
+    /* [log] */
+    int log_level; /* VD_LOG_DEBUG .. VD_LOG_ERROR, see vd_log.h */
+    int log_format; /* enum vd_log_format */
+    char *log_file; /* "" = stderr */
+    /* [daemon] */
+    int max_inflight; /* input messages held in memory before partitions are paused */
+    int shutdown_timeout_ms;
+};
+
+/* Fills every field with its default. Returns 0, or -1 on allocation failure.
+ * The caller owns the strings afterwards and releases them with vd_config_free(). */
+int vd_config_init(struct vd_config *cfg);
+
+/* Reads an INI file into cfg (over the defaults already there). Returns 0, or -1 with a message
+ * such as "vdispatch.conf:12: matching.radius_max_m: 'x' is not an integer" in err. An
+ * unknown section, an unknown key or an out-of-range value is an error. On error cfg may hold
+ * some of the file's values; it can still be freed. */
+int vd_config_load_file(struct vd_config *cfg, const char *path, char *err, size_t errlen);
+
+/* Applies one "section.key=value" override (the argument of --set). Returns 0 or -1 with err. */
+int vd_config_set(struct vd_config *cfg, const char *assignment, char *err, size_t errlen);
+
+/* Checks rules between keys (e.g. radius_start_m <= radius_max_m). Returns 0 or -1 with err. */
+int vd_config_validate(const struct vd_config *cfg, char *err, size_t errlen);
+
+/* Writes every key and its current value as INI to buf (for --check-config -v). Returns the
+ * number of bytes that would have been written, as snprintf does. redis.password and
+ * pass-through properties whose name holds "password", "secret" or "jaas" are shown as "***"
+ * when set, so the output is safe to log but does not round-trip those values. */
+int vd_config_dump(const struct vd_config *cfg, char *buf, size_t buflen);
+
+/* Releases what vd_config_init/load/set allocated; cfg may be reused after vd_config_init. */
+void vd_config_free(struct vd_config *cfg);
+
+#endif

@@ -1,0 +1,344 @@
+/* vdispatchd: the volunteer dispatch daemon's entry point and its one server struct.
+ *
+ * main() parses the command line, loads the config, builds struct vd_server (dispatcher,
+ * Redis client, Kafka edge, signals, cron) and runs one libuv loop until a stop. Signals only
+ * set flags; the cron (every CRON_MS) acts on them, logs progress and applies back-pressure.
+ * Stop sequence: start no new job, let running jobs finish and their outputs be acknowledged
+ * (bounded by daemon.shutdown_timeout_ms), commit the stored offsets, leave the group, close
+ * the Redis client, then let the loop run out. */
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+#include "vd_config.h"
+#include "vd_dispatch.h"
+#include "vd_http.h"
+#include "vd_kafka.h"
+#include "vd_log.h"
+#include "vd_lua.h"
+#include "vd_metrics.h"
+#include "vd_redis.h"
+
+#define CRON_MS 100
+#define STATS_EVERY_MS 10000
+
+struct vd_server {
+    uv_loop_t *loop;
+    struct vd_config cfg;
+    struct vd_dispatch *dispatch;
+    struct vd_redis *redis;
+    struct vd_kafka *kafka;
+    struct vd_http *http;
+    uv_signal_t sigterm, sigint, sighup;
+    uv_timer_t cron;
+    int stop_requested;
+    int reopen_requested;
+    int stopping;
+    int announced_ready;
+    uint64_t stop_started_ms;
+    uint64_t last_stats_ms;
+    int exit_code;
+};
+
+static void usage(FILE *out) {
+    fprintf(out,
+            "usage: vdispatchd -c FILE [--set section.key=value ...] [--check-config]\n"
+            "\n"
+            "Consumes volunteer, request and response events from Kafka, matches requests to\n"
+            "nearby available volunteers in Redis, and publishes assignments and notifications.\n"
+            "\n"
+            "  -c, --config FILE     INI configuration (see config/vdispatch.conf)\n"
+            "  -s, --set S.K=V       override one key (repeatable), e.g. --set log.level=debug\n"
+            "      --check-config    validate the configuration and exit (0 ok, 2 bad)\n"
+            "      --dump-config     print the effective configuration and exit\n"
+            "  -V, --version         print the version and exit\n"
+            "  -h, --help            this text\n"
+            "\n"
+            "Signals: SIGTERM/SIGINT stop gracefully; SIGHUP reopens the log file.\n"
+            "Exit codes: 0 clean stop, 1 runtime failure, 2 bad configuration or usage.\n");
+}
+
+static void on_signal(uv_signal_t *h, int signum) {
+    struct vd_server *s = h->data;
+    if (signum == SIGHUP)
+        s->reopen_requested = 1;
+    else
+        s->stop_requested++;
+}
+
+static void log_stats(struct vd_server *s) {
+    const struct vd_dispatch_stats *st = vd_dispatch_stats(s->dispatch);
+    const struct vd_kafka_stats *ks = vd_kafka_stats(s->kafka);
+    uint64_t unmatched = 0;
+    for (int i = 0; i < VD_UNMATCHED__COUNT; i++) unmatched += st->unmatched[i];
+    vd_info("stats: consumed=%llu rejected=%llu confirmed=%llu unmatched=%llu cancelled=%llu "
+            "completed=%llu replays=%llu ignored=%llu redis_calls=%llu redis_retries=%llu "
+            "in_memory=%llu produced=%llu delivered=%llu mean_match_ms=%.2f",
+            (unsigned long long)ks->consumed, (unsigned long long)st->rejected,
+            (unsigned long long)st->confirmed, (unsigned long long)unmatched,
+            (unsigned long long)st->cancelled, (unsigned long long)st->completed,
+            (unsigned long long)st->replays, (unsigned long long)st->ignored_responses,
+            (unsigned long long)st->redis_calls, (unsigned long long)st->redis_retries,
+            (unsigned long long)st->jobs_in_memory, (unsigned long long)ks->produced,
+            (unsigned long long)ks->delivered,
+            st->matches ? (double)st->match_latency_us_sum / (double)st->matches / 1000.0 : 0.0);
+}
+
+/* /readyz: ready once Redis has the functions loaded and the consumer has partitions. */
+static int http_ready(void *arg, char *why, size_t whylen) {
+    struct vd_server *s = arg;
+    if (s->stopping) {
+        snprintf(why, whylen, "stopping");
+        return 0;
+    }
+    if (!vd_redis_is_ready(s->redis)) {
+        snprintf(why, whylen, "redis not ready");
+        return 0;
+    }
+    if (!vd_kafka_has_assignment(s->kafka)) {
+        snprintf(why, whylen, "kafka: no partitions assigned yet");
+        return 0;
+    }
+    if (vd_kafka_is_paused(s->kafka)) {
+        snprintf(why, whylen, "intake paused (back-pressure)");
+        return 0;
+    }
+    return 1;
+}
+
+static void http_metrics(void *arg, struct vd_metrics_buf *out) {
+    struct vd_server *s = arg;
+    const struct vd_dispatch_stats *st = vd_dispatch_stats(s->dispatch);
+    const struct vd_kafka_stats *ks = vd_kafka_stats(s->kafka);
+    const struct vd_redis_stats *rs = vd_redis_stats(s->redis);
+    const char *types[VD_EV__COUNT], *reasons[VD_UNMATCHED__COUNT];
+    for (int i = 0; i < VD_EV__COUNT; i++) types[i] = vd_event_type_name(i);
+    for (int i = 0; i < VD_UNMATCHED__COUNT; i++) reasons[i] = vd_unmatched_reason_name(i);
+    vd_metrics_counter(out, "vd_consumed_total", "Input messages consumed.", ks->consumed);
+    vd_metrics_counter_family(out, "vd_inputs_total", "Valid input events, by type.", "type",
+                              types, st->inputs, VD_EV__COUNT);
+    vd_metrics_counter(out, "vd_rejected_total", "Inputs sent to the dead-letter topic.", st->rejected);
+    vd_metrics_counter(out, "vd_confirmed_total", "Volunteers confirmed for requests.", st->confirmed);
+    vd_metrics_counter_family(out, "vd_unmatched_total", "Requests unmatched, by reason.", "reason",
+                              reasons, st->unmatched, VD_UNMATCHED__COUNT);
+    vd_metrics_counter(out, "vd_replays_total", "Requests seen again that already had an outcome.",
+                       st->replays);
+    vd_metrics_counter(out, "vd_ignored_responses_total",
+                       "Late, duplicate or mismatched responses and cancels.", st->ignored_responses);
+    vd_metrics_counter(out, "vd_cancelled_total", "Requests cancelled.", st->cancelled);
+    vd_metrics_counter(out, "vd_completed_total", "Tasks completed.", st->completed);
+    vd_metrics_counter(out, "vd_matches_total", "Requests whose matching finished.", st->matches);
+    vd_histogram_render(out, "vd_match_seconds",
+                        "Time from the start of a request's matching to its outcome.",
+                        &st->match_seconds);
+    vd_metrics_counter(out, "vd_redis_calls_total", "Redis Function calls made by jobs.", st->redis_calls);
+    vd_metrics_counter(out, "vd_redis_retries_total", "Jobs put back after a Redis failure.",
+                       st->redis_retries);
+    vd_metrics_counter(out, "vd_redis_timeouts_total", "Redis commands past their deadline.", rs->timeouts);
+    vd_metrics_counter(out, "vd_redis_reconnects_total", "Redis reconnections.", rs->reconnects);
+    vd_metrics_gauge(out, "vd_redis_up", "1 when Redis is connected and ready.",
+                     vd_redis_is_ready(s->redis));
+    vd_metrics_counter(out, "vd_produced_total", "Output messages produced.", ks->produced);
+    vd_metrics_counter(out, "vd_delivered_total", "Output messages acknowledged by Kafka.", ks->delivered);
+    vd_metrics_counter(out, "vd_delivery_retries_total", "Outputs produced again after a failure.",
+                       ks->delivery_retries);
+    vd_metrics_counter(out, "vd_rebalances_total", "Consumer group rebalances.", ks->rebalances);
+    vd_metrics_gauge(out, "vd_jobs_in_memory", "Input messages held in memory.", (double)st->jobs_in_memory);
+    vd_metrics_gauge(out, "vd_outputs_unacked", "Outputs waiting for Kafka's acknowledgement.",
+                     (double)vd_kafka_unacked(s->kafka));
+    vd_metrics_gauge(out, "vd_intake_paused", "1 while fetching is paused.", vd_kafka_is_paused(s->kafka));
+}
+
+static void finish_stop(struct vd_server *s) {
+    vd_http_free(s->http);
+    s->http = NULL;
+    uv_timer_stop(&s->cron);
+    uv_close((uv_handle_t *)&s->cron, NULL);
+    uv_close((uv_handle_t *)&s->sigterm, NULL);
+    uv_close((uv_handle_t *)&s->sigint, NULL);
+    uv_close((uv_handle_t *)&s->sighup, NULL);
+    log_stats(s);
+    vd_kafka_close_consumer(s->kafka);
+    vd_kafka_free(s->kafka, 2000);
+    s->kafka = NULL;
+    vd_redis_free(s->redis);
+    s->redis = NULL;
+    vd_info("stopped");
+}
+
+static void on_cron(uv_timer_t *t) {
+    struct vd_server *s = t->data;
+    uint64_t now = uv_now(s->loop);
+    if (s->reopen_requested) {
+        s->reopen_requested = 0;
+        if (vd_log_reopen() < 0) vd_error("cannot reopen log file %s", s->cfg.log_file);
+        else vd_info("log reopened");
+    }
+    if (!s->announced_ready && vd_redis_is_ready(s->redis) && vd_kafka_has_assignment(s->kafka)) {
+        s->announced_ready = 1;
+        vd_info("ready: consuming %s, %s, %s", s->cfg.topic_requests, s->cfg.topic_volunteers,
+                s->cfg.topic_responses);
+    }
+    if (s->stop_requested && !s->stopping) {
+        s->stopping = 1;
+        s->stop_started_ms = now;
+        vd_info("stopping: finishing work in flight (up to %d ms)", s->cfg.shutdown_timeout_ms);
+        vd_dispatch_stop(s->dispatch);
+        vd_kafka_pause_all(s->kafka, 1);
+    }
+    if (s->stopping) {
+        int idle = vd_dispatch_idle(s->dispatch) && vd_kafka_unacked(s->kafka) == 0;
+        int late = now - s->stop_started_ms >= (uint64_t)s->cfg.shutdown_timeout_ms;
+        if (idle || late || s->stop_requested > 1) {
+            if (!idle) {
+                vd_warn("stopping with work in flight (its inputs stay uncommitted and will be "
+                        "redelivered)");
+            }
+            finish_stop(s);
+        }
+        return;
+    }
+    vd_dispatch_cron(s->dispatch);
+    if (now - s->last_stats_ms >= STATS_EVERY_MS) {
+        s->last_stats_ms = now;
+        log_stats(s);
+    }
+}
+
+static int load_config(struct vd_config *cfg, const char *path, char **sets, int nsets) {
+    char err[1024];
+    if (vd_config_init(cfg) < 0) {
+        fprintf(stderr, "vdispatchd: out of memory\n");
+        return -1;
+    }
+    if (path && vd_config_load_file(cfg, path, err, sizeof err) < 0) {
+        fprintf(stderr, "vdispatchd: %s\n", err);
+        return -1;
+    }
+    for (int i = 0; i < nsets; i++) {
+        if (vd_config_set(cfg, sets[i], err, sizeof err) < 0) {
+            fprintf(stderr, "vdispatchd: %s\n", err);
+            return -1;
+        }
+    }
+    if (vd_config_validate(cfg, err, sizeof err) < 0 || vd_kafka_check_config(cfg, err, sizeof err) < 0) {
+        fprintf(stderr, "vdispatchd: %s\n", err);
+        return -1;
+    }
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'}, {"set", required_argument, NULL, 's'},
+        {"check-config", no_argument, NULL, 'k'}, {"dump-config", no_argument, NULL, 'd'},
+        {"version", no_argument, NULL, 'V'},      {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0}};
+    const char *path = NULL;
+    char **sets = calloc((size_t)argc + 1, sizeof *sets);
+    int nsets = 0, check = 0, dump = 0, c;
+    if (!sets) return 1;
+    while ((c = getopt_long(argc, argv, "c:s:Vh", opts, NULL)) != -1) {
+        switch (c) {
+        case 'c': path = optarg; break;
+        case 's': sets[nsets++] = optarg; break;
+        case 'k': check = 1; break;
+        case 'd': dump = 1; break;
+        case 'V': printf("vdispatchd %s\n", VD_VERSION); free(sets); return 0;
+        case 'h': usage(stdout); free(sets); return 0;
+        default: usage(stderr); free(sets); return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "vdispatchd: unexpected argument '%s'\n", argv[optind]);
+        usage(stderr);
+        free(sets);
+        return 2;
+    }
+
+    struct vd_server s;
+    memset(&s, 0, sizeof s);
+    int bad = load_config(&s.cfg, path, sets, nsets);
+    free(sets);
+    if (bad) {
+        vd_config_free(&s.cfg);
+        return 2;
+    }
+    if (check || dump) {
+        if (dump) {
+            int n = vd_config_dump(&s.cfg, NULL, 0);
+            char *buf = malloc((size_t)n + 1);
+            if (buf) {
+                vd_config_dump(&s.cfg, buf, (size_t)n + 1);
+                fputs(buf, stdout);
+                free(buf);
+            }
+        } else {
+            printf("%s: configuration ok\n", path ? path : "(defaults)");
+        }
+        vd_config_free(&s.cfg);
+        return 0;
+    }
+    if (vd_log_open(s.cfg.log_level, s.cfg.log_format, s.cfg.log_file) < 0) {
+        fprintf(stderr, "vdispatchd: cannot open log file %s\n", s.cfg.log_file);
+        vd_config_free(&s.cfg);
+        return 2;
+    }
+    signal(SIGPIPE, SIG_IGN);
+
+    s.loop = uv_default_loop();
+    s.exit_code = 0;
+    char err[1024];
+    if (s.cfg.http_listen[0]) {
+        struct vd_http_handlers hh = {http_ready, http_metrics};
+        s.http = vd_http_new(s.loop, s.cfg.http_listen, &hh, &s, err, sizeof err);
+        if (!s.http) {
+            vd_error("start failed: %s", err);
+            vd_config_free(&s.cfg);
+            vd_log_close();
+            return 1;
+        }
+    }
+    s.dispatch = vd_dispatch_new(s.loop, &s.cfg);
+    s.redis = vd_redis_new(s.loop, &s.cfg, vd_lua_library, vd_dispatch_on_redis_ready, s.dispatch);
+    struct vd_kafka_handler h = {vd_dispatch_on_message, vd_dispatch_on_assign, vd_dispatch_on_revoke,
+                                 vd_dispatch_on_delivered};
+    s.kafka = vd_kafka_new(s.loop, &s.cfg, &h, s.dispatch, err, sizeof err);
+    if (!s.dispatch || !s.redis || !s.kafka) {
+        vd_error("start failed: %s", s.kafka ? "out of memory" : err);
+        vd_redis_free(s.redis);
+        vd_http_free(s.http);
+        uv_run(s.loop, UV_RUN_DEFAULT);
+        vd_dispatch_free(s.dispatch);
+        vd_config_free(&s.cfg);
+        return 1;
+    }
+    vd_dispatch_attach(s.dispatch, s.redis, s.kafka);
+
+    uv_signal_init(s.loop, &s.sigterm);
+    uv_signal_init(s.loop, &s.sigint);
+    uv_signal_init(s.loop, &s.sighup);
+    s.sigterm.data = s.sigint.data = s.sighup.data = &s;
+    uv_signal_start(&s.sigterm, on_signal, SIGTERM);
+    uv_signal_start(&s.sigint, on_signal, SIGINT);
+    uv_signal_start(&s.sighup, on_signal, SIGHUP);
+    uv_timer_init(s.loop, &s.cron);
+    s.cron.data = &s;
+    uv_timer_start(&s.cron, on_cron, CRON_MS, CRON_MS);
+    s.last_stats_ms = uv_now(s.loop);
+
+    vd_info("vdispatchd %s starting: kafka %s group %s, redis %s:%d db %d, mode %s", VD_VERSION,
+            s.cfg.kafka_brokers, s.cfg.kafka_group_id,
+            s.cfg.redis_unix_socket[0] ? s.cfg.redis_unix_socket : s.cfg.redis_host,
+            s.cfg.redis_port, s.cfg.redis_db, s.cfg.offer_timeout_ms ? "offers" : "direct");
+    uv_run(s.loop, UV_RUN_DEFAULT);
+
+    vd_dispatch_free(s.dispatch);
+    if (uv_loop_close(s.loop) != 0) vd_warn("loop closed with handles still open");
+    vd_config_free(&s.cfg);
+    vd_log_close();
+    return s.exit_code;
+}

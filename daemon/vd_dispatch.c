@@ -1,0 +1,990 @@
+/* vd_dispatch: jobs, partitions and the matching steps between Kafka and Redis.
+ *
+ * A request's life in direct mode (offer_timeout_ms = 0), as a job walks it:
+ *   received  -> decoded and validated (invalid: dead letter, end)
+ *   searching -> vd_search at radius r (the first call also returns an earlier outcome,
+ *                which makes a replay re-publish that outcome instead of matching again)
+ *             -> too few eligible: page on / widen r (doubling up to the widest radius)
+ *   claiming  -> vd_claim with the ranked eligible candidates; lost races go back to searching
+ *   confirmed -> every needed volunteer held: vd.assignment.confirmed (+ notifications)
+ *   unmatched -> vd_finish records the outcome once: vd.request.unmatched (+ coordinator)
+ * A job's coarse stage is `enum stage`; the request's own state (searching, confirmed,
+ * unmatched, cancelled, completed) lives in Redis, in the record vd_claim/vd_finish keep. */
+#include "vd_dispatch.h"
+
+#include <jansson.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+
+#include "vd_config.h"
+#include "vd_kafka.h"
+#include "vd_log.h"
+#include "vd_offsets.h"
+#include "vd_redis.h"
+
+#define MAX_ARGS 80
+#define MAX_CLAIM 32          /* candidates offered to one vd_claim call */
+#define MAX_CLAIM_ROUNDS 4    /* lost races before a request is declared unmatched: contention */
+#define MAX_REDIS_ERRORS 5    /* error replies before a job is dead-lettered instead of stalling */
+#define DEADLETTER_PAYLOAD_MAX 4096
+
+enum stage {
+    STAGE_QUEUED = 0, /* waiting in its partition's queue */
+    STAGE_REDIS,      /* running: a Redis call is outstanding */
+    STAGE_PUBLISHED,  /* Redis work done; waiting for Kafka to acknowledge the outputs */
+};
+
+struct part {
+    char *topic;
+    int32_t partition;
+    enum vd_topic_kind kind;
+    int assigned;
+    uint32_t gen;
+    struct vd_offsets offs;
+    struct job *head, *tail; /* queued jobs, offset order */
+    struct job *running;
+    int in_kick;
+    uint64_t retry_at; /* loop time before which no job starts (after a Redis failure) */
+    struct part *next;
+};
+
+struct job {
+    struct vd_dispatch *d;
+    struct part *part;
+    uint32_t gen;
+    int64_t offset;
+    int32_t partition;
+    char *payload;
+    size_t len;
+    enum stage stage;
+    int pending;      /* outputs produced, not yet acknowledged */
+    int redis_errors;
+    int decoded;
+    struct vd_event ev;
+    uint64_t started_us;
+    /* matching state */
+    int radius, rmax, seen, first, claim_rounds, exhausted, held;
+    struct vd_match_stats mstats;
+    struct vd_candidate *cands; /* eligible, ranked, not yet tried */
+    size_t ncands;
+    struct job *next;
+    struct job *all_prev, *all_next; /* every live job, for teardown */
+};
+
+struct vd_dispatch {
+    uv_loop_t *loop;
+    const struct vd_config *cfg;
+    struct vd_redis *redis;
+    struct vd_kafka *kafka;
+    struct part *parts;
+    struct job *all;
+    int stopping;
+    uint64_t running;
+    struct vd_dispatch_stats stats;
+};
+
+static void run_job(struct job *j);
+
+static const char *reason_names[VD_UNMATCHED__COUNT] = {"no_volunteer_in_range",
+                                                        "no_eligible_volunteer", "contention",
+                                                        "expired"};
+
+const char *vd_unmatched_reason_name(enum vd_unmatched_reason r) { return reason_names[r]; }
+
+static uint64_t now_us(void) {
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    return (uint64_t)tv.tv_sec * 1000000u + (uint64_t)tv.tv_usec;
+}
+static int64_t now_ms(void) { return (int64_t)(now_us() / 1000); }
+
+/* ---- Redis argument building ---- */
+
+struct args {
+    int n;
+    const char *v[MAX_ARGS];
+    size_t l[MAX_ARGS];
+    char buf[8192];
+    size_t used;
+};
+
+static void arg(struct args *a, const char *s) {
+    if (a->n >= MAX_ARGS) return;
+    a->v[a->n] = s;
+    a->l[a->n++] = strlen(s);
+}
+
+static void argf(struct args *a, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void argf(struct args *a, const char *fmt, ...) {
+    if (a->n >= MAX_ARGS || a->used >= sizeof a->buf) return;
+    va_list ap;
+    va_start(ap, fmt);
+    int w = vsnprintf(a->buf + a->used, sizeof a->buf - a->used, fmt, ap);
+    va_end(ap);
+    if (w < 0 || (size_t)w >= sizeof a->buf - a->used) return;
+    a->v[a->n] = a->buf + a->used;
+    a->l[a->n++] = (size_t)w;
+    a->used += (size_t)w + 1;
+}
+
+static void tags_csv(const struct vd_tags *t, char *out, size_t cap) {
+    size_t o = 0;
+    out[0] = '\0';
+    for (int i = 0; i < t->n; i++)
+        o += (size_t)snprintf(out + o, o < cap ? cap - o : 0, "%s%s", i ? "," : "", t->v[i]);
+}
+
+/* Copies element i of an array reply as a string ("" when absent). */
+static const char *el(const redisReply *r, size_t i, char *buf, size_t cap) {
+    buf[0] = '\0';
+    if (!r || r->type != REDIS_REPLY_ARRAY || i >= r->elements) return buf;
+    const redisReply *e = r->element[i];
+    if (e->type == REDIS_REPLY_STRING || e->type == REDIS_REPLY_STATUS)
+        snprintf(buf, cap, "%.*s", (int)e->len, e->str);
+    else if (e->type == REDIS_REPLY_INTEGER)
+        snprintf(buf, cap, "%lld", e->integer);
+    return buf;
+}
+
+/* ---- outputs ---- */
+
+static void produce(struct job *j, enum vd_output_topic topic, const char *key, const char *type,
+                    const char *id, json_t *data) {
+    char *s = vd_event_encode(type, id, now_ms(), data);
+    if (!s) {
+        vd_error("out of memory encoding %s", type);
+        abort();
+    }
+    j->pending++;
+    vd_kafka_produce(j->d->kafka, topic, key, strlen(key), s, strlen(s), j);
+}
+
+/* Copies payload into a JSON string: at most DEADLETTER_PAYLOAD_MAX bytes, invalid UTF-8
+ * bytes replaced by '?', cut on a character boundary. */
+static json_t *payload_string(const char *p, size_t len) {
+    size_t cap = len < DEADLETTER_PAYLOAD_MAX ? len : DEADLETTER_PAYLOAD_MAX;
+    char *out = malloc(cap + 1);
+    size_t o = 0, i = 0;
+    while (i < len) {
+        unsigned char c = (unsigned char)p[i];
+        size_t n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+        int ok = n > 0 && i + n <= len && c != 0;
+        for (size_t k = 1; ok && k < n; k++) ok = ((unsigned char)p[i + k] >> 6) == 2;
+        if (ok && n == 2 && c < 0xC2) ok = 0;
+        if (ok && n == 3) {
+            unsigned cp = ((c & 0x0Fu) << 12) | (((unsigned char)p[i + 1] & 0x3Fu) << 6) |
+                          ((unsigned char)p[i + 2] & 0x3Fu);
+            ok = cp >= 0x800 && (cp < 0xD800 || cp > 0xDFFF);
+        }
+        if (ok && n == 4) {
+            unsigned cp = ((c & 0x07u) << 18) | (((unsigned char)p[i + 1] & 0x3Fu) << 12) |
+                          (((unsigned char)p[i + 2] & 0x3Fu) << 6) | ((unsigned char)p[i + 3] & 0x3Fu);
+            ok = cp >= 0x10000 && cp <= 0x10FFFF;
+        }
+        if (!ok) n = 1;
+        if (o + (ok ? n : 1) > cap) break;
+        if (ok) {
+            memcpy(out + o, p + i, n);
+            o += n;
+        } else {
+            out[o++] = '?';
+        }
+        i += n;
+    }
+    json_t *s = json_stringn(out, o);
+    free(out);
+    return s;
+}
+
+static void dead_letter(struct job *j, const char *error) {
+    struct vd_dispatch *d = j->d;
+    const char *topic = j->part->topic;
+    char id[400];
+    snprintf(id, sizeof id, "deadletter/%s/%d/%lld", topic, (int)j->partition, (long long)j->offset);
+    json_t *data = json_pack("{s:s, s:s, s:i, s:I, s:o, s:b}", "error", error, "topic", topic,
+                             "partition", (int)j->partition, "offset", (json_int_t)j->offset,
+                             "payload", payload_string(j->payload, j->len), "truncated",
+                             j->len > DEADLETTER_PAYLOAD_MAX);
+    d->stats.rejected++;
+    vd_info("rejected %s[%d]@%lld: %s", topic, (int)j->partition, (long long)j->offset, error);
+    produce(j, VD_OUT_DEADLETTER, id, "vd.input.rejected", id, data);
+}
+
+/* Deterministic offer id for (request, volunteer): a replay publishes the same one. */
+static void offer_id(const char *rid, const char *vid, char *out, size_t cap) {
+    uint64_t h = 1469598103934665603ull;
+    for (const char *p = rid; *p; p++) h = (h ^ (unsigned char)*p) * 1099511628211ull;
+    h = (h ^ '/') * 1099511628211ull;
+    for (const char *p = vid; *p; p++) h = (h ^ (unsigned char)*p) * 1099511628211ull;
+    snprintf(out, cap, "of-%016llx", (unsigned long long)h);
+}
+
+static void publish_confirmed(struct job *j, const char *vid, double dist) {
+    const struct vd_event *ev = &j->ev;
+    char oid[32], id[200];
+    offer_id(ev->request_id, vid, oid, sizeof oid);
+    json_t *data = json_pack("{s:s, s:s, s:s, s:f, s:i, s:s, s:s, s:i, s:i}", "request_id",
+                             ev->request_id, "volunteer_id", vid, "offer_id", oid, "distance_m",
+                             dist, "attempt", 1, "service", ev->service, "priority",
+                             vd_priority_name(ev->priority), "radius_m", j->radius,
+                             "candidates_considered", j->mstats.considered);
+    if (ev->event_id[0]) json_object_set_new(data, "event_id", json_string(ev->event_id));
+    snprintf(id, sizeof id, "%s/confirmed/%s", ev->request_id, vid);
+    produce(j, VD_OUT_ASSIGNMENTS, ev->request_id, "vd.assignment.confirmed", id, data);
+
+    snprintf(id, sizeof id, "%s/notify-volunteer/%s", ev->request_id, vid);
+    produce(j, VD_OUT_NOTIFICATIONS, ev->request_id, "vd.notify.volunteer", id,
+            json_pack("{s:s, s:s, s:s, s:s, s:s}", "kind", "assigned", "volunteer_id", vid,
+                      "request_id", ev->request_id, "offer_id", oid, "service", ev->service));
+    json_t *res = json_pack("{s:s, s:s, s:s}", "kind", "volunteer_confirmed", "request_id",
+                            ev->request_id, "volunteer_id", vid);
+    if (ev->resident_id[0]) json_object_set_new(res, "resident_id", json_string(ev->resident_id));
+    snprintf(id, sizeof id, "%s/notify-resident/%s", ev->request_id, vid);
+    produce(j, VD_OUT_NOTIFICATIONS, ev->request_id, "vd.notify.resident", id, res);
+    j->d->stats.confirmed++;
+}
+
+/* Publishes confirmed events for every volunteer in the comma-joined held list. */
+static int publish_held(struct job *j, const char *held, const char *dists) {
+    int n = 0;
+    const char *h = held, *ds = dists;
+    while (*h) {
+        char vid[VD_ID_MAX + 1];
+        size_t len = strcspn(h, ",");
+        snprintf(vid, sizeof vid, "%.*s", (int)len, h);
+        double dist = strtod(ds, NULL);
+        publish_confirmed(j, vid, dist);
+        n++;
+        h += len;
+        if (*h) h++;
+        ds += strcspn(ds, ",");
+        if (*ds) ds++;
+    }
+    return n;
+}
+
+static int count_csv(const char *s) {
+    if (!*s) return 0;
+    int n = 1;
+    for (; *s; s++) n += *s == ',';
+    return n;
+}
+
+static void publish_unmatched(struct job *j, const char *unmatched_json) {
+    const struct vd_event *ev = &j->ev;
+    char id[200];
+    json_error_t jerr;
+    json_t *data = json_loads(unmatched_json, 0, &jerr);
+    if (!data) data = json_pack("{s:s, s:s}", "request_id", ev->request_id, "reason", "unknown");
+    const char *reason = json_string_value(json_object_get(data, "reason"));
+    json_t *coord = json_pack("{s:s, s:s, s:s, s:s, s:s, s:O}", "kind", "unmatched", "request_id",
+                              ev->request_id, "reason", reason ? reason : "unknown", "service",
+                              ev->service, "priority", vd_priority_name(ev->priority),
+                              "volunteers_missing",
+                              json_object_get(data, "volunteers_missing") ?: json_integer(1));
+    snprintf(id, sizeof id, "%s/unmatched", ev->request_id);
+    produce(j, VD_OUT_ASSIGNMENTS, ev->request_id, "vd.request.unmatched", id, data);
+    snprintf(id, sizeof id, "%s/notify-coordinator", ev->request_id);
+    produce(j, VD_OUT_NOTIFICATIONS, ev->request_id, "vd.notify.coordinator", id, coord);
+}
+
+/* ---- job life ---- */
+
+static void job_free(struct job *j) {
+    struct vd_dispatch *d = j->d;
+    if (j->all_prev) j->all_prev->all_next = j->all_next; else d->all = j->all_next;
+    if (j->all_next) j->all_next->all_prev = j->all_prev;
+    d->stats.jobs_in_memory--;
+    free(j->payload);
+    free(j->cands);
+    free(j);
+}
+
+/* A job whose Redis work is done and whose outputs are all acknowledged leaves; its offset
+ * may move the partition's watermark. */
+static void maybe_finish(struct job *j) {
+    if (j->stage != STAGE_PUBLISHED || j->pending > 0) return;
+    struct part *p = j->part;
+    if (j->gen == p->gen && p->assigned && vd_offsets_done(&p->offs, j->offset) == 1)
+        vd_kafka_store_offset(j->d->kafka, p->topic, p->partition, p->offs.next);
+    job_free(j);
+}
+
+/* Starts the partition's next jobs, one at a time. A job that finishes without waiting
+ * (a dead letter, say) returns here instead of recursing, so a long run of bad messages
+ * costs no stack. */
+static void kick(struct part *p) {
+    if (p->in_kick) return;
+    p->in_kick = 1;
+    while (!p->running && p->head) {
+        struct job *j = p->head;
+        struct vd_dispatch *d = j->d;
+        if (d->stopping || !vd_redis_is_ready(d->redis) || uv_now(d->loop) < p->retry_at) break;
+        p->head = j->next;
+        if (!p->head) p->tail = NULL;
+        j->next = NULL;
+        p->running = j;
+        d->running++;
+        run_job(j);
+    }
+    p->in_kick = 0;
+}
+
+/* The Redis part of a job is over: the partition may start its next job. */
+static void redis_done(struct job *j) {
+    struct part *p = j->part;
+    j->stage = STAGE_PUBLISHED;
+    if (p->running == j) {
+        p->running = NULL;
+        j->d->running--;
+    }
+    maybe_finish(j);
+    kick(p);
+}
+
+/* A Redis call failed. With no reply (connection lost, timeout) the job goes back to the head
+ * of its partition and runs again once Redis is ready. An error reply is retried a few times,
+ * then dead-lettered so a poison message cannot stall its partition. */
+static void redis_failed(struct job *j, const redisReply *reply) {
+    struct vd_dispatch *d = j->d;
+    struct part *p = j->part;
+    d->stats.redis_retries++;
+    if (reply && ++j->redis_errors >= MAX_REDIS_ERRORS) {
+        char err[600];
+        snprintf(err, sizeof err, "redis: %.*s", (int)reply->len, reply->str ? reply->str : "");
+        vd_error("%s[%d]@%lld: giving up after %d Redis errors: %s", p->topic, (int)j->partition,
+                 (long long)j->offset, j->redis_errors, err);
+        dead_letter(j, err);
+        redis_done(j);
+        return;
+    }
+    if (reply)
+        vd_warn("%s[%d]@%lld: Redis error, will retry: %.*s", p->topic, (int)j->partition,
+                (long long)j->offset, (int)reply->len, reply->str ? reply->str : "");
+    if (p->running == j) {
+        p->running = NULL;
+        d->running--;
+    }
+    j->stage = STAGE_QUEUED;
+    p->retry_at = uv_now(d->loop) + 100;
+    if (j->gen != p->gen || d->stopping) {
+        /* Revoked or stopping: the next owner (or the next start) runs it again. */
+        job_free(j);
+        return;
+    }
+    j->next = p->head;
+    p->head = j;
+    if (!p->tail) p->tail = j;
+}
+
+typedef void reply_fn(struct job *j, redisReply *r);
+
+struct call_ctx {
+    struct job *j;
+    reply_fn *fn;
+};
+
+static void on_reply(struct vd_redis *r, redisReply *reply, void *arg) {
+    struct call_ctx *c = arg;
+    struct job *j = c->j;
+    reply_fn *fn = c->fn;
+    free(c);
+    if (!reply || reply->type == REDIS_REPLY_ERROR) {
+        redis_failed(j, reply);
+        return;
+    }
+    fn(j, reply);
+}
+
+/* Sends one FCALL for job j; fn runs with the reply. On a synchronous failure the job is
+ * requeued as if the reply had been lost. */
+static void fcall(struct job *j, struct args *a, reply_fn *fn) {
+    struct call_ctx *c = malloc(sizeof *c);
+    if (!c) abort();
+    c->j = j;
+    c->fn = fn;
+    j->stage = STAGE_REDIS;
+    j->d->stats.redis_calls++;
+    if (vd_redis_command(j->d->redis, on_reply, c, a->n, a->v, a->l) < 0) {
+        free(c);
+        redis_failed(j, NULL);
+    }
+}
+
+static void fcall_begin(struct args *a, const char *fn, int nkeys) {
+    a->n = 0;
+    a->used = 0;
+    arg(a, "FCALL");
+    arg(a, fn);
+    argf(a, "%d", nkeys);
+}
+
+/* ---- volunteers ---- */
+
+static void on_volunteer_reply(struct job *j, redisReply *r) {
+    if (r->type == REDIS_REPLY_STRING || r->type == REDIS_REPLY_STATUS)
+        vd_debug("volunteer %s: %s", j->ev.volunteer_id, r->str);
+    redis_done(j);
+}
+
+static void run_volunteer(struct job *j) {
+    const struct vd_event *ev = &j->ev;
+    const char *pfx = j->d->cfg->redis_key_prefix;
+    struct args a;
+    char skills[VD_MAX_TAGS * (VD_ID_MAX + 1) + 1], langs[sizeof skills];
+    switch (ev->type) {
+    case VD_EV_VOLUNTEER_AVAILABLE:
+        tags_csv(&ev->skills, skills, sizeof skills);
+        tags_csv(&ev->languages, langs, sizeof langs);
+        fcall_begin(&a, "vd_vol_available", 1);
+        argf(&a, "%svol:%s", pfx, ev->volunteer_id);
+        arg(&a, pfx);
+        arg(&a, ev->volunteer_id);
+        argf(&a, "%.7f", ev->location.lat);
+        argf(&a, "%.7f", ev->location.lon);
+        arg(&a, skills);
+        arg(&a, langs);
+        argf(&a, "%d", ev->max_tasks_per_day);
+        arg(&a, ev->team);
+        arg(&a, ev->event_id);
+        break;
+    case VD_EV_VOLUNTEER_LOCATION:
+        fcall_begin(&a, "vd_vol_location", 1);
+        argf(&a, "%svol:%s", pfx, ev->volunteer_id);
+        arg(&a, pfx);
+        arg(&a, ev->volunteer_id);
+        argf(&a, "%.7f", ev->location.lat);
+        argf(&a, "%.7f", ev->location.lon);
+        break;
+    default:
+        fcall_begin(&a, "vd_vol_unavailable", 1);
+        argf(&a, "%svol:%s", pfx, ev->volunteer_id);
+        arg(&a, pfx);
+        arg(&a, ev->volunteer_id);
+        break;
+    }
+    fcall(j, &a, on_volunteer_reply);
+}
+
+/* ---- requests: search, claim, finish ---- */
+
+static void search(struct job *j);
+static void claim(struct job *j);
+static void finish_unmatched(struct job *j, enum vd_unmatched_reason reason);
+
+static void req_key(const struct job *j, char *out, size_t cap) {
+    snprintf(out, cap, "%sreq:%s", j->d->cfg->redis_key_prefix, j->ev.request_id);
+}
+
+static void pool_key(const struct job *j, char *out, size_t cap) {
+    if (j->ev.event_id[0])
+        snprintf(out, cap, "%spool:ev:%s", j->d->cfg->redis_key_prefix, j->ev.event_id);
+    else
+        snprintf(out, cap, "%spool:city", j->d->cfg->redis_key_prefix);
+}
+
+static void match_done(struct job *j) {
+    struct vd_dispatch *d = j->d;
+    uint64_t us = now_us() - j->started_us;
+    d->stats.matches++;
+    d->stats.match_latency_us_sum += us;
+    vd_histogram_observe(&d->stats.match_seconds, (double)us / 1e6);
+    redis_done(j);
+}
+
+/* The request already had a record (replay, or a cancel that came first). */
+static void on_replay(struct job *j, redisReply *r) {
+    char state[32], held[VD_MAX_NEEDED * (VD_ID_MAX + 1) + 1], dists[256];
+    char *unmatched = NULL;
+    el(r, 1, state, sizeof state);
+    el(r, 2, held, sizeof held);
+    el(r, 4, dists, sizeof dists);
+    if (r->elements > 3 && r->element[3]->type == REDIS_REPLY_STRING && r->element[3]->len)
+        unmatched = strndup(r->element[3]->str, r->element[3]->len);
+    if (strcmp(state, "searching") == 0) {
+        /* An earlier run stopped half-way (crash): carry on with what it holds. */
+        vd_info("request %s: resuming a search that holds %d volunteer(s)", j->ev.request_id,
+                count_csv(held));
+        free(unmatched);
+        j->first = 0;
+        j->held = count_csv(held);
+        search(j);
+        return;
+    }
+    j->d->stats.replays++;
+    vd_info("request %s: already %s; publishing the recorded outcome again", j->ev.request_id, state);
+    if (strcmp(state, "cancelled") != 0) {
+        publish_held(j, held, dists);
+        if (unmatched) publish_unmatched(j, unmatched);
+    }
+    free(unmatched);
+    match_done(j);
+}
+
+/* Appends the candidates of a vd_search reply, filters and ranks them with those still
+ * untried from earlier pages. */
+static void take_candidates(struct job *j, redisReply *r, size_t *got) {
+    size_t n = (r->elements - 2) / 6;
+    *got = n;
+    struct vd_candidate *c = realloc(j->cands, (j->ncands + n) * sizeof *c);
+    if (!c && j->ncands + n) abort();
+    j->cands = c;
+    struct vd_candidate *fresh = c + j->ncands;
+    char buf[32];
+    for (size_t i = 0; i < n; i++) {
+        size_t b = 2 + i * 6;
+        memset(&fresh[i], 0, sizeof fresh[i]);
+        el(r, b, fresh[i].id, sizeof fresh[i].id);
+        fresh[i].distance_m = strtod(el(r, b + 1, buf, sizeof buf), NULL);
+        el(r, b + 2, fresh[i].skills, sizeof fresh[i].skills);
+        el(r, b + 3, fresh[i].languages, sizeof fresh[i].languages);
+        fresh[i].max_tasks = atoi(el(r, b + 4, buf, sizeof buf));
+        fresh[i].tasks_24h = atoi(el(r, b + 5, buf, sizeof buf));
+    }
+    size_t kept = vd_match_rank(&j->ev, fresh, n, j->d->cfg->max_tasks_per_day, &j->mstats);
+    j->ncands += kept;
+    /* Merge the fresh ranked run into the earlier ranked run (both small). */
+    size_t total = j->ncands;
+    for (size_t i = total - kept; i < total; i++) {
+        struct vd_candidate tmp = j->cands[i];
+        size_t k = i;
+        while (k > 0 && j->cands[k - 1].score > tmp.score) {
+            j->cands[k] = j->cands[k - 1];
+            k--;
+        }
+        j->cands[k] = tmp;
+    }
+}
+
+static int needed_left(const struct job *j) { return j->ev.volunteers_needed - j->held; }
+
+static void on_search(struct job *j, redisReply *r) {
+    char tag[16], buf[32];
+    el(r, 0, tag, sizeof tag);
+    if (strcmp(tag, "state") == 0) {
+        on_replay(j, r);
+        return;
+    }
+    j->first = 0;
+    long total = atol(el(r, 1, buf, sizeof buf));
+    size_t got = 0;
+    /* The search asked for the nearest seen + candidates; fewer means the radius is exhausted. */
+    j->exhausted = total < (long)j->seen + j->d->cfg->candidates;
+    take_candidates(j, r, &got);
+    j->seen += (int)got;
+    /* Enough eligible to fill the request: claim them. */
+    if (j->ncands >= (size_t)needed_left(j)) {
+        claim(j);
+        return;
+    }
+    int max_considered = j->d->cfg->candidates * 8;
+    if (j->radius < j->rmax) {
+        j->radius = j->radius * 2 < j->rmax ? j->radius * 2 : j->rmax;
+        search(j);
+    } else if (!j->exhausted && j->mstats.considered < max_considered) {
+        search(j); /* more at the widest radius: next page */
+    } else if (j->ncands) {
+        claim(j); /* not enough for all: claim who there is, report the rest */
+    } else {
+        finish_unmatched(j, j->mstats.considered ? VD_UNMATCHED_NO_ELIGIBLE_VOLUNTEER
+                                                 : VD_UNMATCHED_NO_VOLUNTEER_IN_RANGE);
+    }
+}
+
+static void search(struct job *j) {
+    const struct vd_event *ev = &j->ev;
+    struct args a;
+    char pool[VD_ID_MAX + 80], req[VD_ID_MAX + 80];
+    pool_key(j, pool, sizeof pool);
+    req_key(j, req, sizeof req);
+    fcall_begin(&a, "vd_search", 2);
+    arg(&a, pool);
+    arg(&a, req);
+    arg(&a, j->d->cfg->redis_key_prefix);
+    argf(&a, "%.7f", ev->location.lat);
+    argf(&a, "%.7f", ev->location.lon);
+    argf(&a, "%d", j->radius);
+    argf(&a, "%d", j->seen);
+    argf(&a, "%d", j->d->cfg->candidates);
+    argf(&a, "%lld", (long long)now_ms());
+    arg(&a, j->first ? "1" : "0");
+    a.v[0] = "FCALL_RO";
+    a.l[0] = 8;
+    fcall(j, &a, on_search);
+}
+
+static void on_claim(struct job *j, redisReply *r) {
+    char state[32], held[VD_MAX_NEEDED * (VD_ID_MAX + 1) + 1], dists[256];
+    el(r, 0, state, sizeof state);
+    el(r, 1, held, sizeof held);
+    el(r, 2, dists, sizeof dists);
+    /* Whoever was not claimed was taken meanwhile (or tired): never offer them again here. */
+    j->ncands = 0;
+    j->held = count_csv(held);
+    if (strcmp(state, "confirmed") == 0) {
+        publish_held(j, held, dists);
+        match_done(j);
+        return;
+    }
+    if (strcmp(state, "searching") != 0) {
+        /* Ended meanwhile (cancelled before we got here): nothing to publish. */
+        vd_info("request %s: %s while matching", j->ev.request_id, state);
+        match_done(j);
+        return;
+    }
+    if (++j->claim_rounds >= MAX_CLAIM_ROUNDS) {
+        finish_unmatched(j, VD_UNMATCHED_CONTENTION);
+        return;
+    }
+    if (j->radius < j->rmax || (!j->exhausted && j->mstats.considered < j->d->cfg->candidates * 8)) {
+        if (j->radius < j->rmax) j->radius = j->radius * 2 < j->rmax ? j->radius * 2 : j->rmax;
+        search(j);
+        return;
+    }
+    finish_unmatched(j, count_csv(held) ? VD_UNMATCHED_NO_ELIGIBLE_VOLUNTEER
+                                        : VD_UNMATCHED_CONTENTION);
+}
+
+static void claim(struct job *j) {
+    const struct vd_event *ev = &j->ev;
+    const struct vd_config *cfg = j->d->cfg;
+    struct args a;
+    char req[VD_ID_MAX + 80];
+    req_key(j, req, sizeof req);
+    fcall_begin(&a, "vd_claim", 1);
+    arg(&a, req);
+    arg(&a, cfg->redis_key_prefix);
+    arg(&a, ev->request_id);
+    argf(&a, "%d", ev->volunteers_needed);
+    argf(&a, "%lld", (long long)now_ms());
+    argf(&a, "%d", cfg->redis_request_ttl_s);
+    argf(&a, "%d", cfg->max_tasks_per_day);
+    for (size_t i = 0; i < j->ncands && i < MAX_CLAIM; i++) {
+        arg(&a, j->cands[i].id);
+        argf(&a, "%.1f", j->cands[i].distance_m);
+    }
+    fcall(j, &a, on_claim);
+}
+
+static void on_finish(struct job *j, redisReply *r) {
+    char state[32], held[VD_MAX_NEEDED * (VD_ID_MAX + 1) + 1], dists[256];
+    el(r, 0, state, sizeof state);
+    el(r, 1, held, sizeof held);
+    el(r, 3, dists, sizeof dists);
+    if (strcmp(state, "unmatched") == 0) {
+        publish_held(j, held, dists);
+        if (r->elements > 2 && r->element[2]->type == REDIS_REPLY_STRING) {
+            char *u = strndup(r->element[2]->str, r->element[2]->len);
+            json_t *doc = json_loads(u, 0, NULL);
+            const char *reason = json_string_value(json_object_get(doc, "reason"));
+            for (int i = 0; reason && i < VD_UNMATCHED__COUNT; i++)
+                if (strcmp(reason, reason_names[i]) == 0) j->d->stats.unmatched[i]++;
+            json_decref(doc);
+            publish_unmatched(j, u);
+            free(u);
+        }
+    } else if (strcmp(state, "confirmed") == 0) {
+        publish_held(j, held, dists);
+    }
+    match_done(j);
+}
+
+static void finish_unmatched(struct job *j, enum vd_unmatched_reason reason) {
+    const struct vd_event *ev = &j->ev;
+    const struct vd_config *cfg = j->d->cfg;
+    json_t *filtered = json_object();
+    for (int i = 0; i < VD_FILTER__COUNT; i++)
+        if (j->mstats.filtered[i])
+            json_object_set_new(filtered, vd_filter_name(i), json_integer(j->mstats.filtered[i]));
+    json_t *data = json_pack("{s:s, s:s, s:i, s:i, s:o, s:i, s:i, s:s, s:s}", "request_id",
+                             ev->request_id, "reason", reason_names[reason], "radius_m", j->radius,
+                             "candidates_considered", j->mstats.considered, "filtered", filtered,
+                             "volunteers_needed", ev->volunteers_needed, "volunteers_missing",
+                             needed_left(j), "service", ev->service, "priority",
+                             vd_priority_name(ev->priority));
+    char *doc = json_dumps(data, JSON_COMPACT | JSON_SORT_KEYS);
+    json_decref(data);
+    if (!doc) abort();
+    struct args a;
+    char req[VD_ID_MAX + 80];
+    req_key(j, req, sizeof req);
+    fcall_begin(&a, "vd_finish", 1);
+    arg(&a, req);
+    arg(&a, cfg->redis_key_prefix);
+    arg(&a, ev->request_id);
+    argf(&a, "%d", ev->volunteers_needed);
+    arg(&a, doc);
+    argf(&a, "%d", cfg->redis_request_ttl_s);
+    fcall(j, &a, on_finish);
+    free(doc);
+}
+
+static void run_request(struct job *j) {
+    const struct vd_event *ev = &j->ev;
+    const struct vd_config *cfg = j->d->cfg;
+    j->rmax = ev->max_distance_m ? ev->max_distance_m : cfg->radius_max_m;
+    j->radius = cfg->radius_start_m < j->rmax ? cfg->radius_start_m : j->rmax;
+    j->seen = 0;
+    j->first = 1;
+    j->claim_rounds = 0;
+    j->ncands = 0;
+    j->held = 0;
+    memset(&j->mstats, 0, sizeof j->mstats);
+    j->started_us = now_us();
+    if (ev->expires_at_ms && now_ms() >= ev->expires_at_ms) {
+        finish_unmatched(j, VD_UNMATCHED_EXPIRED);
+        return;
+    }
+    search(j);
+}
+
+/* ---- cancel, complete, responses ---- */
+
+static void on_cancel(struct job *j, redisReply *r) {
+    char tag[16], released[VD_MAX_NEEDED * (VD_ID_MAX + 1) + 1], id[200];
+    const char *rid = j->ev.request_id;
+    el(r, 0, tag, sizeof tag);
+    el(r, 1, released, sizeof released);
+    if (strcmp(tag, "cancelled") != 0) {
+        j->d->stats.ignored_responses++;
+        vd_info("request %s: cancel ignored (%s%s%s)", rid, tag, tag[0] == 'e' ? ": " : "",
+                tag[0] == 'e' ? released : "");
+        redis_done(j);
+        return;
+    }
+    j->d->stats.cancelled++;
+    if (!released[0]) {
+        snprintf(id, sizeof id, "%s/cancelled", rid);
+        produce(j, VD_OUT_ASSIGNMENTS, rid, "vd.request.cancelled", id,
+                json_pack("{s:s}", "request_id", rid));
+    }
+    for (const char *h = released; *h;) {
+        char vid[VD_ID_MAX + 1];
+        size_t len = strcspn(h, ",");
+        snprintf(vid, sizeof vid, "%.*s", (int)len, h);
+        snprintf(id, sizeof id, "%s/cancelled/%s", rid, vid);
+        produce(j, VD_OUT_ASSIGNMENTS, rid, "vd.request.cancelled", id,
+                json_pack("{s:s, s:s}", "request_id", rid, "volunteer_id", vid));
+        snprintf(id, sizeof id, "%s/notify-withdrawn/%s", rid, vid);
+        produce(j, VD_OUT_NOTIFICATIONS, rid, "vd.notify.volunteer", id,
+                json_pack("{s:s, s:s, s:s}", "kind", "withdrawn", "volunteer_id", vid,
+                          "request_id", rid));
+        h += len;
+        if (*h) h++;
+    }
+    redis_done(j);
+}
+
+static void on_complete(struct job *j, redisReply *r) {
+    char tag[16], id[200];
+    const char *rid = j->ev.request_id, *vid = j->ev.volunteer_id;
+    el(r, 0, tag, sizeof tag);
+    if (strcmp(tag, "mismatch") == 0) {
+        j->d->stats.ignored_responses++;
+        vd_info("task %s/%s: completion ignored: the volunteer does not hold this request", rid, vid);
+        redis_done(j);
+        return;
+    }
+    j->d->stats.completed++;
+    snprintf(id, sizeof id, "%s/completed/%s", rid, vid);
+    produce(j, VD_OUT_ASSIGNMENTS, rid, "vd.request.completed", id,
+            json_pack("{s:s, s:s, s:b}", "request_id", rid, "volunteer_id", vid, "all_done",
+                      strcmp(tag, "completed") == 0));
+    redis_done(j);
+}
+
+static void run_simple(struct job *j, const char *fn, reply_fn *cb) {
+    const struct vd_config *cfg = j->d->cfg;
+    struct args a;
+    char req[VD_ID_MAX + 80];
+    req_key(j, req, sizeof req);
+    fcall_begin(&a, fn, 1);
+    arg(&a, req);
+    arg(&a, cfg->redis_key_prefix);
+    arg(&a, j->ev.request_id);
+    if (cb == on_cancel)
+        argf(&a, "%d", cfg->redis_request_ttl_s);
+    else
+        arg(&a, j->ev.volunteer_id);
+    fcall(j, &a, cb);
+}
+
+static void run_job(struct job *j) {
+    struct vd_dispatch *d = j->d;
+    if (!j->decoded) {
+        char err[512];
+        if (vd_event_decode(j->payload, j->len, j->part->kind, &j->ev, err, sizeof err) < 0) {
+            dead_letter(j, err);
+            redis_done(j);
+            return;
+        }
+        j->decoded = 1;
+        d->stats.inputs[j->ev.type]++;
+    }
+    switch (j->ev.type) {
+    case VD_EV_VOLUNTEER_AVAILABLE:
+    case VD_EV_VOLUNTEER_LOCATION:
+    case VD_EV_VOLUNTEER_UNAVAILABLE:
+        run_volunteer(j);
+        break;
+    case VD_EV_REQUEST_CREATED:
+        run_request(j);
+        break;
+    case VD_EV_REQUEST_CANCELLED:
+        run_simple(j, "vd_cancel", on_cancel);
+        break;
+    case VD_EV_TASK_COMPLETED:
+        run_simple(j, "vd_complete", on_complete);
+        break;
+    case VD_EV_OFFER_ACCEPTED:
+    case VD_EV_OFFER_DECLINED:
+    default:
+        /* Direct mode makes no offers: an answer to one is late or stray. Counted, not an error. */
+        d->stats.ignored_responses++;
+        vd_info("offer %s for request %s: ignored (no offer is outstanding in direct mode)",
+                j->ev.offer_id, j->ev.request_id);
+        redis_done(j);
+        break;
+    }
+}
+
+/* ---- Kafka callbacks ---- */
+
+static struct part *find_part(struct vd_dispatch *d, const char *topic, int32_t partition,
+                              int create, enum vd_topic_kind kind) {
+    for (struct part *p = d->parts; p; p = p->next)
+        if (p->partition == partition && strcmp(p->topic, topic) == 0) return p;
+    if (!create) return NULL;
+    struct part *p = calloc(1, sizeof *p);
+    if (!p || !(p->topic = strdup(topic))) abort();
+    p->partition = partition;
+    p->kind = kind;
+    vd_offsets_init(&p->offs);
+    p->next = d->parts;
+    d->parts = p;
+    return p;
+}
+
+static void drop_queue(struct part *p) {
+    while (p->head) {
+        struct job *j = p->head;
+        p->head = j->next;
+        job_free(j);
+    }
+    p->tail = NULL;
+}
+
+void vd_dispatch_on_assign(void *arg, const char *topic, int32_t partition, enum vd_topic_kind kind) {
+    struct part *p = find_part(arg, topic, partition, 1, kind);
+    p->assigned = 1;
+    p->gen++;
+    drop_queue(p);
+    vd_offsets_reset(&p->offs);
+}
+
+void vd_dispatch_on_revoke(void *arg, const char *topic, int32_t partition, enum vd_topic_kind kind) {
+    struct part *p = find_part(arg, topic, partition, 0, kind);
+    if (!p) return;
+    p->assigned = 0;
+    p->gen++;
+    drop_queue(p);
+    vd_offsets_reset(&p->offs);
+}
+
+void vd_dispatch_on_message(void *arg, rd_kafka_message_t *m, enum vd_topic_kind kind) {
+    struct vd_dispatch *d = arg;
+    struct part *p = find_part(d, rd_kafka_topic_name(m->rkt), m->partition, 1, kind);
+    if (!p->assigned || vd_offsets_add(&p->offs, m->offset) < 0) {
+        vd_debug("%s[%d]@%lld: not tracked (partition not assigned or offset repeated); skipped",
+                 p->topic, (int)m->partition, (long long)m->offset);
+        rd_kafka_message_destroy(m);
+        return;
+    }
+    struct job *j = calloc(1, sizeof *j);
+    if (!j) abort();
+    j->d = d;
+    j->part = p;
+    j->gen = p->gen;
+    j->offset = m->offset;
+    j->partition = m->partition;
+    j->len = m->len;
+    j->payload = malloc(m->len ? m->len : 1);
+    if (!j->payload) abort();
+    if (m->len) memcpy(j->payload, m->payload, m->len);
+    rd_kafka_message_destroy(m);
+    d->stats.jobs_in_memory++;
+    j->all_next = d->all;
+    if (d->all) d->all->all_prev = j;
+    d->all = j;
+    if (p->tail) p->tail->next = j; else p->head = j;
+    p->tail = j;
+    kick(p);
+}
+
+void vd_dispatch_on_delivered(void *arg, void *opaque) {
+    struct job *j = opaque;
+    (void)arg;
+    j->pending--;
+    maybe_finish(j);
+}
+
+void vd_dispatch_on_redis_ready(struct vd_redis *r, void *arg) {
+    struct vd_dispatch *d = arg;
+    for (struct part *p = d->parts; p; p = p->next) kick(p);
+}
+
+/* ---- daemon-facing ---- */
+
+struct vd_dispatch *vd_dispatch_new(uv_loop_t *loop, const struct vd_config *cfg) {
+    struct vd_dispatch *d = calloc(1, sizeof *d);
+    if (!d) return NULL;
+    d->loop = loop;
+    d->cfg = cfg;
+    static const double bounds[] = {0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5};
+    vd_histogram_init(&d->stats.match_seconds, bounds, sizeof bounds / sizeof bounds[0]);
+    return d;
+}
+
+void vd_dispatch_attach(struct vd_dispatch *d, struct vd_redis *redis, struct vd_kafka *kafka) {
+    d->redis = redis;
+    d->kafka = kafka;
+}
+
+void vd_dispatch_cron(struct vd_dispatch *d) {
+    for (struct part *p = d->parts; p; p = p->next) kick(p);
+    /* Back-pressure: stop fetching while too much waits in memory (e.g. Redis is down). */
+    uint64_t limit = (uint64_t)d->cfg->max_inflight;
+    if (!vd_kafka_is_paused(d->kafka) && d->stats.jobs_in_memory >= limit)
+        vd_kafka_pause_all(d->kafka, 1);
+    else if (vd_kafka_is_paused(d->kafka) && d->stats.jobs_in_memory < limit / 2 && !d->stopping)
+        vd_kafka_pause_all(d->kafka, 0);
+}
+
+void vd_dispatch_stop(struct vd_dispatch *d) {
+    d->stopping = 1;
+    for (struct part *p = d->parts; p; p = p->next) drop_queue(p);
+}
+
+int vd_dispatch_idle(const struct vd_dispatch *d) {
+    return d->running == 0 && d->stats.jobs_in_memory == 0;
+}
+
+const struct vd_dispatch_stats *vd_dispatch_stats(const struct vd_dispatch *d) { return &d->stats; }
+
+void vd_dispatch_free(struct vd_dispatch *d) {
+    if (!d) return;
+    /* Jobs cut short by a late stop: their inputs stay uncommitted and come back. */
+    while (d->all) job_free(d->all);
+    while (d->parts) {
+        struct part *p = d->parts;
+        d->parts = p->next;
+        drop_queue(p);
+        vd_offsets_free(&p->offs);
+        free(p->topic);
+        free(p);
+    }
+    free(d);
+}

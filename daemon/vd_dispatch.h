@@ -1,0 +1,77 @@
+/* vd_dispatch: the request life cycle that ties Kafka input, Redis state and Kafka output.
+ *
+ * Every consumed message becomes a job. Jobs of one partition run one after another, in
+ * offset order (events of one request or one volunteer share a key, so their order holds);
+ * partitions run concurrently. A job decodes its event (invalid: one dead letter), runs its
+ * Redis Functions (a match is typically two round trips: vd_search, then vd_claim), then
+ * produces its outputs. It is finished once Kafka acknowledged every output; only then does
+ * its offset count toward the partition's commit watermark (vd_offsets). A Redis failure puts
+ * the job back at the head of its partition to run again once Redis is back; every Function
+ * is idempotent by request_id, so running a job twice yields the same outcome and the same
+ * output event ids. */
+#ifndef VD_DISPATCH_H
+#define VD_DISPATCH_H
+
+#include <librdkafka/rdkafka.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "vd_event.h"
+#include "vd_match.h"
+#include "vd_metrics.h"
+
+struct vd_config;
+struct vd_redis;
+struct vd_kafka;
+struct vd_dispatch;
+
+/* Outcome reasons of vd.request.unmatched. */
+enum vd_unmatched_reason {
+    VD_UNMATCHED_NO_VOLUNTEER_IN_RANGE = 0, /* nobody available within the widest radius */
+    VD_UNMATCHED_NO_ELIGIBLE_VOLUNTEER,     /* volunteers in range, all filtered out */
+    VD_UNMATCHED_CONTENTION,                /* eligible volunteers kept being taken by others */
+    VD_UNMATCHED_EXPIRED,                   /* expires_at passed before a match */
+    VD_UNMATCHED__COUNT
+};
+
+struct vd_dispatch_stats {
+    uint64_t inputs[VD_EV__COUNT];
+    uint64_t rejected;
+    uint64_t confirmed;              /* volunteers confirmed */
+    uint64_t unmatched[VD_UNMATCHED__COUNT];
+    uint64_t replays;                /* requests that already had an outcome */
+    uint64_t ignored_responses;      /* late, duplicate or mismatched responses */
+    uint64_t cancelled, completed;
+    uint64_t redis_calls, redis_retries;
+    uint64_t jobs_in_memory;
+    uint64_t match_latency_us_sum, matches;
+    struct vd_histogram match_seconds;
+};
+
+struct vd_dispatch *vd_dispatch_new(uv_loop_t *loop, const struct vd_config *cfg);
+/* The Redis client and Kafka edge are created after the dispatcher (their callbacks lead
+ * here); attach them before the loop runs. */
+void vd_dispatch_attach(struct vd_dispatch *d, struct vd_redis *redis, struct vd_kafka *kafka);
+
+/* Kafka edge callbacks (see struct vd_kafka_handler). */
+void vd_dispatch_on_message(void *d, rd_kafka_message_t *m, enum vd_topic_kind kind);
+void vd_dispatch_on_assign(void *d, const char *topic, int32_t partition, enum vd_topic_kind kind);
+void vd_dispatch_on_revoke(void *d, const char *topic, int32_t partition, enum vd_topic_kind kind);
+void vd_dispatch_on_delivered(void *d, void *opaque);
+/* Redis client callback: Redis is (again) ready, start what waits. */
+void vd_dispatch_on_redis_ready(struct vd_redis *r, void *d);
+
+/* Periodic work from the daemon's cron: start waiting jobs, apply back-pressure. */
+void vd_dispatch_cron(struct vd_dispatch *d);
+
+/* Graceful stop: start no new job (queued ones stay uncommitted for the next owner). */
+void vd_dispatch_stop(struct vd_dispatch *d);
+/* 1 when no job is running and no output is waiting for its acknowledgement. */
+int vd_dispatch_idle(const struct vd_dispatch *d);
+
+const struct vd_dispatch_stats *vd_dispatch_stats(const struct vd_dispatch *d);
+const char *vd_unmatched_reason_name(enum vd_unmatched_reason r);
+
+void vd_dispatch_free(struct vd_dispatch *d);
+
+#endif

@@ -1,0 +1,57 @@
+/* vd_http: the daemon's HTTP endpoint for operators: /metrics, /healthz and /readyz.
+ *
+ * A small HTTP/1.1 server on the daemon's libuv loop (requests parsed with http-parser).
+ * GET or HEAD only: /healthz answers 200 "ok" whenever the loop runs, /readyz 200 "ready" or
+ * 503 with the reason the daemon gives, /metrics 200 with Prometheus text (format 0.0.4);
+ * any other path is 404, any other method 405. Connections are kept alive unless the client
+ * asks otherwise. Limits: 8 KiB of request line and headers (431), 8 KiB of request body
+ * (413), 64 connections at once (further ones are accepted and closed at once), 10 s to send a
+ * complete request after connecting or after the previous response. The handlers run on the
+ * loop, synchronously, once per request: they must be quick and must not block. */
+#ifndef VD_HTTP_H
+#define VD_HTTP_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+struct vd_metrics_buf;
+struct vd_http;
+
+struct vd_http_handlers {
+    /* Returns 1 when ready, or 0 with a short reason (one line, no secrets) written into why
+     * (why[0] is '\0' on entry). NULL: always ready. */
+    int (*ready)(void *arg, char *why, size_t whylen);
+    /* Appends the Prometheus text to out (see vd_metrics.h). If out->failed is set afterwards
+     * the scrape is answered with 500. NULL: an empty page. */
+    void (*metrics)(void *arg, struct vd_metrics_buf *out);
+};
+
+struct vd_http_stats {
+    uint64_t connections; /* accepted and served */
+    uint64_t refused;     /* accepted and closed at once: too many connections */
+    uint64_t requests;    /* responses sent, any status */
+    uint64_t bad_requests; /* 400, 413, 431 */
+    uint64_t timeouts;    /* connections closed for idling */
+};
+
+/* Listens on listen_addr ("host:port" or "[v6addr]:port"; a host name is resolved once, here,
+ * synchronously, so call this before the loop runs). handlers is copied; arg is passed to
+ * each handler. Returns the server, owned by the caller until vd_http_free(), or NULL with a
+ * sentence in err naming the address, e.g. "http.listen 127.0.0.1:9464: address already in
+ * use". On NULL nothing is left open on the loop (bind and listen errors happen before any
+ * handle exists; only if libuv then refused the listening socket, which is not expected, is
+ * a closing handle released when the loop next runs). */
+struct vd_http *vd_http_new(uv_loop_t *loop, const char *listen_addr,
+                            const struct vd_http_handlers *handlers, void *arg, char *err,
+                            size_t errlen);
+
+const struct vd_http_stats *vd_http_stats(const struct vd_http *s);
+
+/* Stops listening and closes every connection (responses being written are dropped). No
+ * handler runs after this returns. The memory is released once libuv has closed the
+ * handles, so the loop must run afterwards (uv_run until it runs out). Not to be called from
+ * inside a handler. s may be NULL. */
+void vd_http_free(struct vd_http *s);
+
+#endif

@@ -1,0 +1,520 @@
+/* vd_kafka: librdkafka consumer and producer on the libuv loop (see vd_kafka.h).
+ *
+ * Design notes for a newcomer:
+ * - Never block the loop: no rd_kafka_flush() and no timeouts > 0 on the hot path; only the
+ *   shutdown steps (commit, consumer close, final flush) block, and they are bounded.
+ * - The consumer's main queue is redirected to its consumer queue (rd_kafka_poll_set_consumer)
+ *   so rebalances, errors and messages all arrive through rd_kafka_consumer_poll().
+ * - Delivery reports run inside rd_kafka_poll() on the producer, on the loop thread. A failed
+ *   delivery is copied into the retry list and produced again from the safety timer, so a
+ *   broker outage delays outputs but never loses them; the input that caused them stays
+ *   uncommitted meanwhile.
+ * - librdkafka's log callback runs on its own threads; it only formats a line, which vd_log
+ *   writes with one stdio call. */
+#define _GNU_SOURCE
+#include "vd_kafka.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "vd_config.h"
+#include "vd_log.h"
+
+#define DRAIN_BUDGET 500
+#define SAFETY_POLL_MS 100
+#define RETRY_DELAY_MS 500
+
+struct retry {
+    enum vd_output_topic topic;
+    char *key;
+    size_t keylen;
+    char *payload;
+    size_t len;
+    void *opaque;
+    uint64_t due_ms;
+    struct retry *next;
+};
+
+struct qwatch {
+    int fds[2];
+    uv_poll_t poll;
+    int poll_inited;
+    rd_kafka_queue_t *q;
+};
+
+struct vd_kafka {
+    uv_loop_t *loop;
+    const struct vd_config *cfg;
+    struct vd_kafka_handler h;
+    void *arg;
+    rd_kafka_t *consumer;
+    rd_kafka_t *producer;
+    rd_kafka_topic_partition_list_t *assigned;
+    struct qwatch cq, pq;
+    uv_idle_t idle;
+    uv_timer_t timer;
+    int open_handles;
+    int timers_inited;
+    int consumer_closed;
+    int paused;
+    int ever_assigned;
+    struct retry *retry_head, *retry_tail;
+    size_t nretry;
+    size_t inflight; /* produced, not yet acknowledged */
+    struct vd_kafka_stats stats;
+    const char *out_topics[VD_OUT__COUNT];
+};
+
+/* Properties the delivery guarantees rest on: {name, value set, value librdkafka reports}. */
+static const char *locked_consumer[][3] = {
+    {"enable.auto.offset.store", "false", "false"},
+    {"partition.assignment.strategy", "cooperative-sticky", "cooperative-sticky"},
+};
+static const char *locked_producer[][3] = {
+    {"enable.idempotence", "true", "true"},
+    {"acks", "all", "-1"},
+};
+
+static void log_cb(const rd_kafka_t *rk, int level, const char *fac, const char *buf) {
+    int l = level <= 3 ? VD_LOG_ERROR : level <= 4 ? VD_LOG_WARN : level <= 6 ? VD_LOG_INFO : VD_LOG_DEBUG;
+    vd_log(l, "kafka %s %s: %s", rd_kafka_name(rk), fac, buf);
+}
+
+static int set(rd_kafka_conf_t *conf, const char *name, const char *value, const char *origin,
+               char *err, size_t errlen) {
+    char errstr[512];
+    if (rd_kafka_conf_set(conf, name, value, errstr, sizeof errstr) != RD_KAFKA_CONF_OK) {
+        snprintf(err, errlen, "%s: %s", origin, errstr);
+        return -1;
+    }
+    return 0;
+}
+
+/* Applies the daemon's defaults, then the user's pass-through properties, then checks that
+ * none of the properties the delivery guarantees rest on were changed. */
+static rd_kafka_conf_t *build_conf(const struct vd_config *cfg, int consumer, char *err,
+                                   size_t errlen) {
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    const struct vd_config_props *props = consumer ? &cfg->consumer_props : &cfg->producer_props;
+    const char *(*locked)[3] = consumer ? locked_consumer : locked_producer;
+    size_t nlocked = 2;
+    const char *prefix = consumer ? "kafka.consumer." : "kafka.producer.";
+    if (set(conf, "bootstrap.servers", cfg->kafka_brokers, "kafka.brokers", err, errlen) < 0)
+        goto err;
+    if (set(conf, "client.id", consumer ? "vdispatchd-consumer" : "vdispatchd-producer",
+            "client.id", err, errlen) < 0)
+        goto err;
+    for (size_t i = 0; i < nlocked; i++)
+        if (set(conf, locked[i][0], locked[i][1], locked[i][0], err, errlen) < 0) goto err;
+    if (consumer) {
+        if (set(conf, "group.id", cfg->kafka_group_id, "kafka.group_id", err, errlen) < 0 ||
+            set(conf, "auto.offset.reset", "earliest", "auto.offset.reset", err, errlen) < 0 ||
+            set(conf, "enable.auto.commit", "true", "enable.auto.commit", err, errlen) < 0 ||
+            set(conf, "auto.commit.interval.ms", "1000", "auto.commit.interval.ms", err, errlen) < 0 ||
+            set(conf, "enable.partition.eof", "false", "enable.partition.eof", err, errlen) < 0)
+            goto err;
+    } else {
+        if (set(conf, "linger.ms", "5", "linger.ms", err, errlen) < 0 ||
+            set(conf, "message.timeout.ms", "30000", "message.timeout.ms", err, errlen) < 0)
+            goto err;
+    }
+    for (size_t i = 0; i < props->n; i++) {
+        char origin[600];
+        snprintf(origin, sizeof origin, "%s: %s%s", props->v[i].origin, prefix, props->v[i].name);
+        if (set(conf, props->v[i].name, props->v[i].value, origin, err, errlen) < 0) goto err;
+    }
+    for (size_t i = 0; i < nlocked; i++) {
+        char val[128];
+        size_t vlen = sizeof val;
+        if (rd_kafka_conf_get(conf, locked[i][0], val, &vlen) == RD_KAFKA_CONF_OK &&
+            strcmp(val, locked[i][2]) != 0) {
+            snprintf(err, errlen, "%s%s: must stay %s (the delivery guarantees rely on it)", prefix,
+                     locked[i][0], locked[i][1]);
+            goto err;
+        }
+    }
+    rd_kafka_conf_set_log_cb(conf, log_cb);
+    return conf;
+err:
+    rd_kafka_conf_destroy(conf);
+    return NULL;
+}
+
+int vd_kafka_check_config(const struct vd_config *cfg, char *err, size_t errlen) {
+    for (int consumer = 0; consumer < 2; consumer++) {
+        rd_kafka_conf_t *conf = build_conf(cfg, consumer, err, errlen);
+        if (!conf) return -1;
+        rd_kafka_conf_destroy(conf);
+    }
+    return 0;
+}
+
+static enum vd_topic_kind topic_kind(const struct vd_kafka *k, const char *topic) {
+    if (strcmp(topic, k->cfg->topic_requests) == 0) return VD_TOPIC_REQUESTS;
+    if (strcmp(topic, k->cfg->topic_volunteers) == 0) return VD_TOPIC_VOLUNTEERS;
+    return VD_TOPIC_RESPONSES;
+}
+
+static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                         rd_kafka_topic_partition_list_t *parts, void *opaque) {
+    struct vd_kafka *k = opaque;
+    k->stats.rebalances++;
+    if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+        rd_kafka_error_t *e = rd_kafka_incremental_assign(rk, parts);
+        if (e) {
+            vd_error("kafka: incremental assign failed: %s", rd_kafka_error_string(e));
+            rd_kafka_error_destroy(e);
+            return;
+        }
+        for (int i = 0; i < parts->cnt; i++) {
+            rd_kafka_topic_partition_t *p = &parts->elems[i];
+            rd_kafka_topic_partition_list_add(k->assigned, p->topic, p->partition);
+            if (k->h.on_assign) k->h.on_assign(k->arg, p->topic, p->partition, topic_kind(k, p->topic));
+        }
+        if (k->paused && parts->cnt) rd_kafka_pause_partitions(rk, parts);
+        vd_info("kafka: assigned %d partition(s), %d in all", parts->cnt, k->assigned->cnt);
+        k->ever_assigned = 1;
+    } else if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS) {
+        for (int i = 0; i < parts->cnt; i++) {
+            rd_kafka_topic_partition_t *p = &parts->elems[i];
+            rd_kafka_topic_partition_list_del(k->assigned, p->topic, p->partition);
+            if (k->h.on_revoke) k->h.on_revoke(k->arg, p->topic, p->partition, topic_kind(k, p->topic));
+        }
+        /* Commit what is stored for the leaving partitions before another member takes them. */
+        if (!k->consumer_closed) rd_kafka_commit(rk, NULL, 1);
+        rd_kafka_error_t *e = rd_kafka_incremental_unassign(rk, parts);
+        if (e) {
+            vd_error("kafka: incremental unassign failed: %s", rd_kafka_error_string(e));
+            rd_kafka_error_destroy(e);
+        }
+        vd_info("kafka: revoked %d partition(s), %d left", parts->cnt, k->assigned->cnt);
+    } else {
+        vd_error("kafka: rebalance error: %s", rd_kafka_err2str(err));
+        rd_kafka_error_t *e = rd_kafka_incremental_unassign(rk, parts);
+        if (e) rd_kafka_error_destroy(e);
+    }
+}
+
+static void error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque) {
+    if (err == RD_KAFKA_RESP_ERR__FATAL) {
+        char buf[512];
+        rd_kafka_fatal_error(rk, buf, sizeof buf);
+        vd_error("kafka %s: fatal error: %s", rd_kafka_name(rk), buf);
+        return;
+    }
+    vd_warn("kafka %s: %s", rd_kafka_name(rk), reason);
+}
+
+static void enqueue_retry(struct vd_kafka *k, struct retry *r) {
+    r->due_ms = uv_now(k->loop) + RETRY_DELAY_MS;
+    r->next = NULL;
+    if (k->retry_tail) k->retry_tail->next = r; else k->retry_head = r;
+    k->retry_tail = r;
+    k->nretry++;
+}
+
+/* Tries to produce; on a local failure the message goes to the retry list (owned there). */
+static void produce_or_retry(struct vd_kafka *k, struct retry *r) {
+    rd_kafka_resp_err_t e = rd_kafka_producev(
+        k->producer, RD_KAFKA_V_TOPIC(k->out_topics[r->topic]),
+        RD_KAFKA_V_KEY(r->key, r->keylen), RD_KAFKA_V_VALUE(r->payload, r->len),
+        RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_OPAQUE(r), RD_KAFKA_V_END);
+    if (e) {
+        vd_warn("kafka: produce to %s failed (%s); will retry", k->out_topics[r->topic],
+                rd_kafka_err2str(e));
+        k->stats.delivery_retries++;
+        enqueue_retry(k, r);
+    }
+}
+
+static void free_retry(struct retry *r) {
+    free(r->key);
+    free(r->payload);
+    free(r);
+}
+
+static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque) {
+    struct vd_kafka *k = opaque;
+    struct retry *r = m->_private;
+    if (m->err) {
+        vd_warn("kafka: delivery to %s failed (%s); will produce again", k->out_topics[r->topic],
+                rd_kafka_err2str(m->err));
+        k->stats.delivery_retries++;
+        enqueue_retry(k, r);
+        return;
+    }
+    k->stats.delivered++;
+    k->inflight--;
+    void *o = r->opaque;
+    free_retry(r);
+    if (k->h.on_delivered) k->h.on_delivered(k->arg, o);
+}
+
+void vd_kafka_produce(struct vd_kafka *k, enum vd_output_topic topic, const char *key,
+                      size_t keylen, char *payload, size_t len, void *opaque) {
+    struct retry *r = calloc(1, sizeof *r);
+    char *kcopy = keylen ? malloc(keylen) : NULL;
+    if (!r || (keylen && !kcopy)) {
+        /* Out of memory: nothing sensible is left to do for a dispatcher. */
+        vd_error("kafka: out of memory producing to %s", k->out_topics[topic]);
+        abort();
+    }
+    if (keylen) memcpy(kcopy, key, keylen);
+    r->topic = topic;
+    r->key = kcopy;
+    r->keylen = keylen;
+    r->payload = payload;
+    r->len = len;
+    r->opaque = opaque;
+    k->inflight++;
+    k->stats.produced++;
+    produce_or_retry(k, r);
+}
+
+static void serve_retries(struct vd_kafka *k) {
+    uint64_t now = uv_now(k->loop);
+    while (k->retry_head && k->retry_head->due_ms <= now) {
+        struct retry *r = k->retry_head;
+        k->retry_head = r->next;
+        if (!k->retry_head) k->retry_tail = NULL;
+        k->nretry--;
+        produce_or_retry(k, r);
+        if (k->retry_tail == r) break; /* went straight back: try the rest later */
+    }
+}
+
+/* Serves the consumer queue for at most DRAIN_BUDGET events. Returns 1 if more may wait. */
+static int drain_consumer(struct vd_kafka *k) {
+    if (k->consumer_closed) return 0;
+    for (int i = 0; i < DRAIN_BUDGET; i++) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(k->consumer, 0);
+        if (!m) return 0;
+        if (m->err) {
+            if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+                vd_warn("kafka: consumer: %s", rd_kafka_message_errstr(m));
+            rd_kafka_message_destroy(m);
+            continue;
+        }
+        k->stats.consumed++;
+        k->h.on_message(k->arg, m, topic_kind(k, rd_kafka_topic_name(m->rkt)));
+    }
+    return 1;
+}
+
+static int drain_producer(struct vd_kafka *k) {
+    for (int i = 0; i < DRAIN_BUDGET; i++)
+        if (rd_kafka_poll(k->producer, 0) == 0) return 0;
+    return 1;
+}
+
+static void on_idle(uv_idle_t *h) {
+    struct vd_kafka *k = h->data;
+    int more = drain_producer(k);
+    more |= drain_consumer(k);
+    if (!more) uv_idle_stop(h);
+}
+
+static void on_readable(uv_poll_t *h, int status, int events) {
+    struct vd_kafka *k = h->data;
+    struct qwatch *w = h == &k->cq.poll ? &k->cq : &k->pq;
+    char buf[256];
+    while (read(w->fds[0], buf, sizeof buf) > 0) {
+    }
+    if (drain_producer(k) | drain_consumer(k)) uv_idle_start(&k->idle, on_idle);
+}
+
+static void on_timer(uv_timer_t *t) {
+    struct vd_kafka *k = t->data;
+    serve_retries(k);
+    if (drain_producer(k) | drain_consumer(k)) uv_idle_start(&k->idle, on_idle);
+}
+
+static int watch_queue(struct vd_kafka *k, struct qwatch *w, rd_kafka_queue_t *q, char *err,
+                       size_t errlen) {
+    w->q = q;
+    if (pipe2(w->fds, O_NONBLOCK | O_CLOEXEC) < 0) {
+        snprintf(err, errlen, "pipe: %s", strerror(errno));
+        return -1;
+    }
+    rd_kafka_queue_io_event_enable(q, w->fds[1], "1", 1);
+    uv_poll_init(k->loop, &w->poll, w->fds[0]);
+    w->poll.data = k;
+    w->poll_inited = 1;
+    k->open_handles++;
+    uv_poll_start(&w->poll, UV_READABLE, on_readable);
+    return 0;
+}
+
+struct vd_kafka *vd_kafka_new(uv_loop_t *loop, const struct vd_config *cfg,
+                              const struct vd_kafka_handler *h, void *arg, char *err,
+                              size_t errlen) {
+    char errstr[512];
+    struct vd_kafka *k = calloc(1, sizeof *k);
+    if (!k) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    k->loop = loop;
+    k->cfg = cfg;
+    k->h = *h;
+    k->arg = arg;
+    k->cq.fds[0] = k->cq.fds[1] = k->pq.fds[0] = k->pq.fds[1] = -1;
+    k->out_topics[VD_OUT_ASSIGNMENTS] = cfg->topic_assignments;
+    k->out_topics[VD_OUT_NOTIFICATIONS] = cfg->topic_notifications;
+    k->out_topics[VD_OUT_DEADLETTER] = cfg->topic_deadletter;
+    k->assigned = rd_kafka_topic_partition_list_new(16);
+
+    rd_kafka_conf_t *pconf = build_conf(cfg, 0, err, errlen);
+    if (!pconf) goto err;
+    rd_kafka_conf_set_opaque(pconf, k);
+    rd_kafka_conf_set_dr_msg_cb(pconf, dr_cb);
+    rd_kafka_conf_set_error_cb(pconf, error_cb);
+    k->producer = rd_kafka_new(RD_KAFKA_PRODUCER, pconf, errstr, sizeof errstr);
+    if (!k->producer) {
+        snprintf(err, errlen, "kafka producer: %s", errstr);
+        rd_kafka_conf_destroy(pconf);
+        goto err;
+    }
+
+    rd_kafka_conf_t *cconf = build_conf(cfg, 1, err, errlen);
+    if (!cconf) goto err;
+    rd_kafka_conf_set_opaque(cconf, k);
+    rd_kafka_conf_set_rebalance_cb(cconf, rebalance_cb);
+    rd_kafka_conf_set_error_cb(cconf, error_cb);
+    k->consumer = rd_kafka_new(RD_KAFKA_CONSUMER, cconf, errstr, sizeof errstr);
+    if (!k->consumer) {
+        snprintf(err, errlen, "kafka consumer: %s", errstr);
+        rd_kafka_conf_destroy(cconf);
+        goto err;
+    }
+    rd_kafka_poll_set_consumer(k->consumer);
+
+    uv_idle_init(loop, &k->idle);
+    k->idle.data = k;
+    uv_timer_init(loop, &k->timer);
+    k->timer.data = k;
+    k->open_handles += 2;
+    k->timers_inited = 1;
+    if (watch_queue(k, &k->cq, rd_kafka_queue_get_consumer(k->consumer), err, errlen) < 0 ||
+        watch_queue(k, &k->pq, rd_kafka_queue_get_main(k->producer), err, errlen) < 0)
+        goto err;
+    uv_timer_start(&k->timer, on_timer, SAFETY_POLL_MS, SAFETY_POLL_MS);
+
+    rd_kafka_topic_partition_list_t *topics = rd_kafka_topic_partition_list_new(3);
+    rd_kafka_topic_partition_list_add(topics, cfg->topic_requests, RD_KAFKA_PARTITION_UA);
+    rd_kafka_topic_partition_list_add(topics, cfg->topic_volunteers, RD_KAFKA_PARTITION_UA);
+    rd_kafka_topic_partition_list_add(topics, cfg->topic_responses, RD_KAFKA_PARTITION_UA);
+    rd_kafka_resp_err_t e = rd_kafka_subscribe(k->consumer, topics);
+    rd_kafka_topic_partition_list_destroy(topics);
+    if (e) {
+        snprintf(err, errlen, "kafka subscribe: %s", rd_kafka_err2str(e));
+        goto err;
+    }
+    return k;
+err:
+    vd_kafka_free(k, 0);
+    return NULL;
+}
+
+void vd_kafka_store_offset(struct vd_kafka *k, const char *topic, int32_t partition,
+                           int64_t next_offset) {
+    if (k->consumer_closed) return;
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(l, topic, partition)->offset = next_offset;
+    rd_kafka_resp_err_t e = rd_kafka_offsets_store(k->consumer, l);
+    if (e || l->elems[0].err)
+        vd_debug("kafka: offset %lld for %s[%d] not stored: %s", (long long)next_offset, topic,
+                 (int)partition, rd_kafka_err2str(e ? e : l->elems[0].err));
+    rd_kafka_topic_partition_list_destroy(l);
+}
+
+void vd_kafka_pause_all(struct vd_kafka *k, int pause) {
+    if (k->paused == pause || k->consumer_closed) return;
+    k->paused = pause;
+    if (k->assigned->cnt) {
+        if (pause)
+            rd_kafka_pause_partitions(k->consumer, k->assigned);
+        else
+            rd_kafka_resume_partitions(k->consumer, k->assigned);
+    }
+    vd_info("kafka: intake %s", pause ? "paused" : "resumed");
+}
+
+int vd_kafka_is_paused(const struct vd_kafka *k) { return k->paused; }
+size_t vd_kafka_unacked(const struct vd_kafka *k) { return k->inflight; }
+int vd_kafka_has_assignment(const struct vd_kafka *k) { return k->ever_assigned; }
+const struct vd_kafka_stats *vd_kafka_stats(const struct vd_kafka *k) { return &k->stats; }
+
+void vd_kafka_close_consumer(struct vd_kafka *k) {
+    if (!k->consumer || k->consumer_closed) return;
+    rd_kafka_resp_err_t e = rd_kafka_commit(k->consumer, NULL, 0);
+    if (e && e != RD_KAFKA_RESP_ERR__NO_OFFSET)
+        vd_warn("kafka: final commit failed: %s", rd_kafka_err2str(e));
+    else
+        vd_info("kafka: offsets committed");
+    e = rd_kafka_consumer_close(k->consumer);
+    if (e) vd_warn("kafka: consumer close: %s", rd_kafka_err2str(e));
+    k->consumer_closed = 1;
+}
+
+static void on_close(uv_handle_t *h) {
+    struct vd_kafka *k = h->data;
+    if (--k->open_handles == 0) free(k);
+}
+
+static void unwatch(struct qwatch *w) {
+    if (w->q) {
+        rd_kafka_queue_io_event_enable(w->q, -1, NULL, 0);
+        rd_kafka_queue_destroy(w->q);
+        w->q = NULL;
+    }
+}
+
+void vd_kafka_free(struct vd_kafka *k, int timeout_ms) {
+    if (!k) return;
+    if (k->producer && timeout_ms > 0) {
+        /* Produce what still waits in the retry list, then give the brokers a last chance. */
+        uint64_t deadline = uv_now(k->loop) + (uint64_t)timeout_ms;
+        while ((k->inflight || k->nretry) && uv_now(k->loop) < deadline) {
+            for (struct retry *r = k->retry_head; r; r = r->next) r->due_ms = 0;
+            serve_retries(k);
+            rd_kafka_flush(k->producer, 100);
+            uv_update_time(k->loop);
+        }
+        if (k->inflight)
+            vd_error("kafka: %zu output(s) not acknowledged at exit; their inputs stay uncommitted",
+                     k->inflight);
+    }
+    if (k->consumer && !k->consumer_closed) vd_kafka_close_consumer(k);
+    unwatch(&k->cq);
+    unwatch(&k->pq);
+    if (k->consumer) rd_kafka_destroy(k->consumer);
+    if (k->producer) rd_kafka_destroy(k->producer);
+    while (k->retry_head) {
+        struct retry *r = k->retry_head;
+        k->retry_head = r->next;
+        free_retry(r);
+    }
+    rd_kafka_topic_partition_list_destroy(k->assigned);
+    int handles = k->open_handles;
+    if (handles == 0) {
+        free(k);
+        return;
+    }
+    if (k->timers_inited) {
+        uv_close((uv_handle_t *)&k->idle, on_close);
+        uv_close((uv_handle_t *)&k->timer, on_close);
+    }
+    struct qwatch *ws[2] = {&k->cq, &k->pq};
+    for (int i = 0; i < 2; i++) {
+        if (ws[i]->poll_inited) {
+            uv_poll_stop(&ws[i]->poll);
+            uv_close((uv_handle_t *)&ws[i]->poll, on_close);
+        }
+        if (ws[i]->fds[0] >= 0) close(ws[i]->fds[0]);
+        if (ws[i]->fds[1] >= 0) close(ws[i]->fds[1]);
+    }
+}

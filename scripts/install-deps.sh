@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs every Debian package vdispatch needs to build, test and run its demo.
+# Usage: scripts/install-deps.sh   (as root, or with sudo available)
+set -euo pipefail
+
+packages=(
+  build-essential cmake pkg-config            # toolchain
+  libuv1-dev librdkafka-dev libhiredis-dev    # the daemon's libraries
+  libjansson-dev libinih-dev libhttp-parser-dev
+  libcmocka-dev                               # unit tests
+  redis-server redis-tools kcat python3       # integration tests and the demo
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all ${#packages[@]} packages present"
+  exit 0
+fi
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+# The Debian package starts a system redis-server on 6379; tests and the demo start their own.
