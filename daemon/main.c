@@ -23,6 +23,9 @@
 #include "vd_redis.h"
 
 #define CRON_MS 100
+/* The stop budget (daemon.shutdown_timeout_ms) ends with these two steps. */
+#define CLOSE_GROUP_MS 1000 /* leaving the consumer group */
+#define CLOSE_FLUSH_MS 400  /* last chance for outputs still queued */
 #define STATS_EVERY_MS 10000
 
 struct vd_server {
@@ -37,6 +40,7 @@ struct vd_server {
     int stop_requested;
     int reopen_requested;
     int stopping;
+    int closing; /* work is done (or out of time): leaving the group */
     int announced_ready;
     uint64_t stop_started_ms;
     uint64_t last_stats_ms;
@@ -161,8 +165,7 @@ static void finish_stop(struct vd_server *s) {
     uv_close((uv_handle_t *)&s->sigint, NULL);
     uv_close((uv_handle_t *)&s->sighup, NULL);
     log_stats(s);
-    vd_kafka_close_consumer(s->kafka);
-    vd_kafka_free(s->kafka, 2000);
+    vd_kafka_free(s->kafka, CLOSE_FLUSH_MS);
     s->kafka = NULL;
     vd_redis_free(s->redis);
     s->redis = NULL;
@@ -190,15 +193,21 @@ static void on_cron(uv_timer_t *t) {
         vd_kafka_pause_all(s->kafka, 1);
     }
     if (s->stopping) {
-        int idle = vd_dispatch_idle(s->dispatch) && vd_kafka_unacked(s->kafka) == 0;
-        int late = now - s->stop_started_ms >= (uint64_t)s->cfg.shutdown_timeout_ms;
-        if (idle || late || s->stop_requested > 1) {
-            if (!idle) {
+        uint64_t budget = (uint64_t)s->cfg.shutdown_timeout_ms, spent = now - s->stop_started_ms;
+        uint64_t tail = CLOSE_GROUP_MS + CLOSE_FLUSH_MS;
+        uint64_t work_deadline = budget > tail ? budget - tail : budget / 2;
+        if (!s->closing) {
+            int idle = vd_dispatch_idle(s->dispatch) && vd_kafka_unacked(s->kafka) == 0;
+            if (!idle && spent < work_deadline && s->stop_requested < 2) return;
+            if (!idle)
                 vd_warn("stopping with work in flight (its inputs stay uncommitted and will be "
                         "redelivered)");
-            }
-            finish_stop(s);
+            s->closing = 1;
+            vd_kafka_close_start(s->kafka);
         }
+        if (vd_kafka_close_poll(s->kafka) || spent >= work_deadline + CLOSE_GROUP_MS ||
+            s->stop_requested > 2)
+            finish_stop(s);
         return;
     }
     vd_dispatch_cron(s->dispatch);

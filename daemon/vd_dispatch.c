@@ -67,6 +67,7 @@ struct job {
     uint64_t started_us;
     /* matching state */
     int radius, rmax, seen, first, claim_rounds, exhausted, held;
+    int lacking_skill; /* in range but without the rare skill searched (never candidates) */
     struct vd_match_stats mstats;
     struct vd_candidate *cands; /* eligible, ranked, not yet tried */
     size_t ncands;
@@ -527,7 +528,7 @@ static void on_replay(struct job *j, redisReply *r) {
 /* Appends the candidates of a vd_search reply, filters and ranks them with those still
  * untried from earlier pages. */
 static void take_candidates(struct job *j, redisReply *r, size_t *got) {
-    size_t n = (r->elements - 2) / 6;
+    size_t n = r->elements > 3 ? (r->elements - 3) / 6 : 0;
     *got = n;
     struct vd_candidate *c = realloc(j->cands, (j->ncands + n) * sizeof *c);
     if (!c && j->ncands + n) abort();
@@ -535,7 +536,7 @@ static void take_candidates(struct job *j, redisReply *r, size_t *got) {
     struct vd_candidate *fresh = c + j->ncands;
     char buf[32];
     for (size_t i = 0; i < n; i++) {
-        size_t b = 2 + i * 6;
+        size_t b = 3 + i * 6;
         memset(&fresh[i], 0, sizeof fresh[i]);
         el(r, b, fresh[i].id, sizeof fresh[i].id);
         fresh[i].distance_m = strtod(el(r, b + 1, buf, sizeof buf), NULL);
@@ -575,6 +576,8 @@ static void on_search(struct job *j, redisReply *r) {
     j->exhausted = total < (long)j->seen + j->d->cfg->candidates;
     take_candidates(j, r, &got);
     j->seen += (int)got;
+    int without = atoi(el(r, 2, buf, sizeof buf));
+    if (without > j->lacking_skill) j->lacking_skill = without;
     /* Enough eligible to fill the request: claim them. */
     if (j->ncands >= (size_t)needed_left(j)) {
         claim(j);
@@ -589,6 +592,10 @@ static void on_search(struct job *j, redisReply *r) {
     } else if (j->ncands) {
         claim(j); /* not enough for all: claim who there is, report the rest */
     } else {
+        /* Those who lack the rare skill were never candidates; count them as filtered. */
+        j->mstats.considered += j->lacking_skill;
+        j->mstats.filtered[VD_FILTER_SKILLS] += j->lacking_skill;
+        j->lacking_skill = 0;
         finish_unmatched(j, j->mstats.considered ? VD_UNMATCHED_NO_ELIGIBLE_VOLUNTEER
                                                  : VD_UNMATCHED_NO_VOLUNTEER_IN_RANGE);
     }
@@ -600,9 +607,10 @@ static void search(struct job *j) {
     char pool[VD_ID_MAX + 80], req[VD_ID_MAX + 80];
     pool_key(j, pool, sizeof pool);
     req_key(j, req, sizeof req);
-    fcall_begin(&a, "vd_search", 2);
+    fcall_begin(&a, "vd_search", 2 + ev->skills.n);
     arg(&a, pool);
     arg(&a, req);
+    for (int i = 0; i < ev->skills.n; i++) argf(&a, "%s:s:%s", pool, ev->skills.v[i]);
     arg(&a, j->d->cfg->redis_key_prefix);
     argf(&a, "%.7f", ev->location.lat);
     argf(&a, "%.7f", ev->location.lon);
@@ -732,6 +740,7 @@ static void run_request(struct job *j) {
     j->claim_rounds = 0;
     j->ncands = 0;
     j->held = 0;
+    j->lacking_skill = 0;
     memset(&j->mstats, 0, sizeof j->mstats);
     j->started_us = now_us();
     if (ev->expires_at_ms && now_ms() >= ev->expires_at_ms) {

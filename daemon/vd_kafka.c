@@ -59,6 +59,7 @@ struct vd_kafka {
     int open_handles;
     int timers_inited;
     int consumer_closed;
+    rd_kafka_queue_t *close_q; /* set while leaving the group */
     int paused;
     int ever_assigned;
     struct retry *retry_head, *retry_tail;
@@ -184,7 +185,7 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
             if (k->h.on_revoke) k->h.on_revoke(k->arg, p->topic, p->partition, topic_kind(k, p->topic));
         }
         /* Commit what is stored for the leaving partitions before another member takes them. */
-        if (!k->consumer_closed) rd_kafka_commit(rk, NULL, 1);
+        if (!k->consumer_closed && !k->close_q) rd_kafka_commit(rk, NULL, 1);
         rd_kafka_error_t *e = rd_kafka_incremental_unassign(rk, parts);
         if (e) {
             vd_error("kafka: incremental unassign failed: %s", rd_kafka_error_string(e));
@@ -205,7 +206,12 @@ static void error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque) 
         vd_error("kafka %s: fatal error: %s", rd_kafka_name(rk), buf);
         return;
     }
-    vd_warn("kafka %s: %s", rd_kafka_name(rk), reason);
+    /* Connection errors are already in librdkafka's own log lines; only say more when no
+     * broker at all can be reached. */
+    if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN)
+        vd_warn("kafka %s: all brokers are down; retrying", rd_kafka_name(rk));
+    else
+        vd_debug("kafka %s: %s", rd_kafka_name(rk), reason);
 }
 
 static void enqueue_retry(struct vd_kafka *k, struct retry *r) {
@@ -288,7 +294,7 @@ static void serve_retries(struct vd_kafka *k) {
 
 /* Serves the consumer queue for at most DRAIN_BUDGET events. Returns 1 if more may wait. */
 static int drain_consumer(struct vd_kafka *k) {
-    if (k->consumer_closed) return 0;
+    if (k->consumer_closed || k->close_q) return 0;
     for (int i = 0; i < DRAIN_BUDGET; i++) {
         rd_kafka_message_t *m = rd_kafka_consumer_poll(k->consumer, 0);
         if (!m) return 0;
@@ -448,16 +454,37 @@ size_t vd_kafka_unacked(const struct vd_kafka *k) { return k->inflight; }
 int vd_kafka_has_assignment(const struct vd_kafka *k) { return k->ever_assigned; }
 const struct vd_kafka_stats *vd_kafka_stats(const struct vd_kafka *k) { return &k->stats; }
 
-void vd_kafka_close_consumer(struct vd_kafka *k) {
-    if (!k->consumer || k->consumer_closed) return;
-    rd_kafka_resp_err_t e = rd_kafka_commit(k->consumer, NULL, 0);
+int vd_kafka_close_start(struct vd_kafka *k) {
+    if (!k->consumer || k->consumer_closed || k->close_q) return 0;
+    /* Stored offsets go out now; librdkafka commits them again as it leaves the group. */
+    rd_kafka_resp_err_t e = rd_kafka_commit(k->consumer, NULL, 1);
     if (e && e != RD_KAFKA_RESP_ERR__NO_OFFSET)
-        vd_warn("kafka: final commit failed: %s", rd_kafka_err2str(e));
-    else
-        vd_info("kafka: offsets committed");
-    e = rd_kafka_consumer_close(k->consumer);
-    if (e) vd_warn("kafka: consumer close: %s", rd_kafka_err2str(e));
+        vd_warn("kafka: final commit not sent: %s", rd_kafka_err2str(e));
+    k->close_q = rd_kafka_queue_new(k->consumer);
+    rd_kafka_error_t *err = rd_kafka_consumer_close_queue(k->consumer, k->close_q);
+    if (err) {
+        vd_warn("kafka: consumer close: %s", rd_kafka_error_string(err));
+        rd_kafka_error_destroy(err);
+        return -1;
+    }
+    return 0;
+}
+
+int vd_kafka_close_poll(struct vd_kafka *k) {
+    if (!k->consumer || k->consumer_closed) return 1;
+    if (!k->close_q) return 0;
+    rd_kafka_event_t *ev;
+    while ((ev = rd_kafka_queue_poll(k->close_q, 0)) != NULL) {
+        /* The revocation that leaving causes arrives here as an event, not as a callback. */
+        if (rd_kafka_event_type(ev) == RD_KAFKA_EVENT_REBALANCE)
+            rebalance_cb(k->consumer, rd_kafka_event_error(ev),
+                         rd_kafka_event_topic_partition_list(ev), k);
+        rd_kafka_event_destroy(ev);
+    }
+    if (!rd_kafka_consumer_closed(k->consumer)) return 0;
     k->consumer_closed = 1;
+    vd_info("kafka: left the consumer group, offsets committed");
+    return 1;
 }
 
 static void on_close(uv_handle_t *h) {
@@ -488,10 +515,15 @@ void vd_kafka_free(struct vd_kafka *k, int timeout_ms) {
             vd_error("kafka: %zu output(s) not acknowledged at exit; their inputs stay uncommitted",
                      k->inflight);
     }
-    if (k->consumer && !k->consumer_closed) vd_kafka_close_consumer(k);
     unwatch(&k->cq);
     unwatch(&k->pq);
-    if (k->consumer) rd_kafka_destroy(k->consumer);
+    if (k->close_q) rd_kafka_queue_destroy(k->close_q);
+    if (k->consumer) {
+        if (!k->consumer_closed)
+            vd_warn("kafka: leaving without a clean group exit; the group rebalances after "
+                    "session.timeout.ms");
+        rd_kafka_destroy_flags(k->consumer, k->consumer_closed ? 0 : RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
+    }
     if (k->producer) rd_kafka_destroy(k->producer);
     while (k->retry_head) {
         struct retry *r = k->retry_head;

@@ -70,9 +70,13 @@ size_t vd_kafka_unacked(const struct vd_kafka *k);
 int vd_kafka_has_assignment(const struct vd_kafka *k);
 const struct vd_kafka_stats *vd_kafka_stats(const struct vd_kafka *k);
 
-/* Shutdown, step one: commits stored offsets and leaves the group (blocking, bounded by
- * librdkafka's own timeouts). Call once no input is in flight. */
-void vd_kafka_close_consumer(struct vd_kafka *k);
+/* Shutdown, step one: sends the stored offsets and starts leaving the group, without
+ * blocking. Call once no input is in flight, then call vd_kafka_close_poll() from the loop
+ * until it returns 1 (or give up: vd_kafka_free() then leaves without the group exit, which
+ * is what must happen when the brokers are gone). Returns 0 or -1. */
+int vd_kafka_close_start(struct vd_kafka *k);
+/* Serves the group exit; returns 1 once the consumer is closed, else 0. */
+int vd_kafka_close_poll(struct vd_kafka *k);
 /* Releases everything; waits up to timeout_ms for outputs still queued. */
 void vd_kafka_free(struct vd_kafka *k, int timeout_ms);
 

@@ -8,11 +8,13 @@ Keys (P is the configured key prefix, "vd:" by default):
                         (skills/languages are comma-joined; task = request holding the volunteer)
   P.."pool:city"        GEO set of the city's volunteers who are available and not held
   P.."pool:ev:"..eid    GEO set of one event's (concert, expo) available, unheld volunteers
+  POOL..":s:"..skill    GEO set of the pooled volunteers of POOL who have that skill: a request
+                        that needs a rare skill searches there, not among everyone nearby
   P.."tasks:"..vid      sorted set: request_id scored by assignment time (ms), rolling 24 h
   P.."req:"..rid        hash: state needed held done unmatched (held/done comma-joined vids)
 
-A volunteer is in exactly one pool while available and not held, and in none otherwise: that
-is the invariant that makes "no volunteer is held by two requests" a local check. Every
+A volunteer is in exactly one pool (and its skill sets) while available and not held, and in
+none otherwise: that is the invariant that makes "no volunteer is held by two requests" a local check. Every
 function that changes a request is idempotent by request_id, so a replayed Kafka message gets
 the answer the first delivery got.
 ]]
@@ -38,37 +40,43 @@ local function pool_key(p, event_id)
   return p .. 'pool:ev:' .. event_id
 end
 
+-- Adds a volunteer to a pool and to the pool's set of each of their skills.
+local function pool_add(pool, vid, lon, lat, skills)
+  redis.call('GEOADD', pool, lon, lat, vid)
+  for _, sk in ipairs(split(skills)) do redis.call('GEOADD', pool .. ':s:' .. sk, lon, lat, vid) end
+end
+
+local function pool_rem(pool, vid, skills)
+  redis.call('ZREM', pool, vid)
+  for _, sk in ipairs(split(skills)) do redis.call('ZREM', pool .. ':s:' .. sk, vid) end
+end
+
 -- Puts a volunteer back in their pool if they are available and hold no task.
-local function repool(p, vkey)
-  local v = redis.call('HMGET', vkey, 'avail', 'task', 'lat', 'lon', 'event_id')
+local function repool(p, vkey, vid)
+  local v = redis.call('HMGET', vkey, 'avail', 'task', 'lat', 'lon', 'event_id', 'skills')
   if v[1] ~= '1' or (v[2] and v[2] ~= '') or not v[3] then return 0 end
   local pool = pool_key(p, v[5])
-  redis.call('GEOADD', pool, v[4], v[3], string.sub(vkey, #p + 5))
+  pool_add(pool, vid, v[4], v[3], v[6])
   redis.call('HSET', vkey, 'pool', pool)
   return 1
 end
 
 local function unpool(vkey, vid)
-  local pool = redis.call('HGET', vkey, 'pool')
-  if pool and pool ~= '' then redis.call('ZREM', pool, vid) end
+  local v = redis.call('HMGET', vkey, 'pool', 'skills')
+  if v[1] and v[1] ~= '' then pool_rem(v[1], vid, v[2]) end
   redis.call('HSET', vkey, 'pool', '')
 end
 
 -- vd_vol_available KEYS: vol  ARGV: prefix vid lat lon skills languages max_tasks team event_id
 local function vol_available(keys, args)
   local p, vkey, vid = args[1], keys[1], args[2]
-  local old = redis.call('HMGET', vkey, 'pool', 'task')
-  local newpool = pool_key(p, args[9])
-  if old[1] and old[1] ~= '' and old[1] ~= newpool then redis.call('ZREM', old[1], vid) end
+  local task = redis.call('HGET', vkey, 'task')
+  unpool(vkey, vid)
   redis.call('HSET', vkey, 'lat', args[3], 'lon', args[4], 'skills', args[5],
              'languages', args[6], 'max_tasks', args[7], 'team', args[8],
              'event_id', args[9], 'avail', '1')
-  if old[2] and old[2] ~= '' then
-    redis.call('HSET', vkey, 'pool', '')
-    return 'held'
-  end
-  redis.call('GEOADD', newpool, args[4], args[3], vid)
-  redis.call('HSET', vkey, 'pool', newpool)
+  if task and task ~= '' then return 'held' end
+  repool(p, vkey, vid)
   return 'pooled'
 end
 
@@ -77,9 +85,9 @@ local function vol_location(keys, args)
   local vkey, vid = keys[1], args[2]
   if redis.call('EXISTS', vkey) == 0 then return 'unknown' end
   redis.call('HSET', vkey, 'lat', args[3], 'lon', args[4])
-  local pool = redis.call('HGET', vkey, 'pool')
-  if pool and pool ~= '' then
-    redis.call('GEOADD', pool, args[4], args[3], vid)
+  local v = redis.call('HMGET', vkey, 'pool', 'skills')
+  if v[1] and v[1] ~= '' then
+    pool_add(v[1], vid, args[4], args[3], v[2])
     return 'moved'
   end
   return 'stored'
@@ -94,21 +102,36 @@ local function vol_unavailable(keys, args)
   return 'left'
 end
 
---[[ vd_search KEYS: pool req  ARGV: prefix lat lon radius_m offset count now_ms check_state
+--[[ vd_search KEYS: pool req [skill-set ...]  ARGV: prefix lat lon radius_m offset count now_ms check_state
+With skill sets given (the pool's sets of the request's required skills), searches the
+smallest of them instead of the whole pool: everyone there has at least that rare skill.
 Returns {'state', state, held, unmatched, distances} when check_state is 1 and the request already has a
-record (a replay), else {'ok', total, id, dist, skills, languages, max_tasks, tasks_24h, ...}
-for the candidates offset+1 .. offset+count nearest within radius_m. total is how many the
-search returned before the offset was skipped. Read-only. ]]
+record (a replay), else {'ok', total, without, id, dist, skills, languages, max_tasks,
+tasks_24h, ...} for the candidates offset+1 .. offset+count nearest within radius_m. total is
+how many the search returned before the offset was skipped; without counts volunteers in
+range who lack the searched skill (only when nobody has it). Read-only. ]]
 local function search(keys, args)
   local p, pool, rkey = args[1], keys[1], keys[2]
   if args[8] == '1' then
     local r = redis.call('HMGET', rkey, 'state', 'held', 'unmatched')
     if r[1] then return {'state', r[1], r[2] or '', r[3] or '', dists(rkey, r[2])} end
   end
+  local best = nil
+  for i = 3, #keys do
+    local n = redis.call('ZCARD', keys[i])
+    if best == nil or n < best then best, pool = n, keys[i] end
+  end
   local offset, count = tonumber(args[5]), tonumber(args[6])
   local found = redis.call('GEOSEARCH', pool, 'FROMLONLAT', args[3], args[2],
                            'BYRADIUS', args[4], 'm', 'ASC', 'COUNT', offset + count, 'WITHDIST')
-  local out = {'ok', #found}
+  -- Nobody with the rare skill in range: say how many without it were there (up to count),
+  -- so that the outcome tells "no eligible volunteer" from "nobody in range".
+  local without = 0
+  if #found == 0 and pool ~= keys[1] then
+    without = #redis.call('GEOSEARCH', keys[1], 'FROMLONLAT', args[3], args[2],
+                          'BYRADIUS', args[4], 'm', 'COUNT', count)
+  end
+  local out = {'ok', #found, without}
   local since = tonumber(args[7]) - DAY_MS
   for i = offset + 1, #found do
     local vid, dist = found[i][1], found[i][2]
@@ -150,8 +173,8 @@ local function claim(keys, args)
       local cap = tonumber(v[4]) or 0
       if cap <= 0 then cap = cap0 end
       if redis.call('ZCARD', tkey) < cap then
-        redis.call('ZREM', v[3], vid)
-        redis.call('HSET', vkey, 'task', rid, 'pool', '')
+        unpool(vkey, vid)
+        redis.call('HSET', vkey, 'task', rid)
         redis.call('HSET', rkey, 'd:' .. vid, args[i + 1])
         redis.call('ZADD', tkey, now, rid)
         redis.call('PEXPIRE', tkey, DAY_MS + 3600000)
@@ -197,7 +220,7 @@ local function cancel(keys, args)
     local vkey = p .. 'vol:' .. vid
     if not done[vid] and redis.call('HGET', vkey, 'task') == rid then
       redis.call('HSET', vkey, 'task', '')
-      repool(p, vkey)
+      repool(p, vkey, vid)
       released[#released + 1] = vid
     end
   end
@@ -218,7 +241,7 @@ local function complete(keys, args)
   if task ~= rid then return {'mismatch', 'volunteer does not hold this request'} end
   local r = redis.call('HMGET', rkey, 'state', 'held', 'done')
   redis.call('HSET', vkey, 'task', '')
-  repool(p, vkey)
+  repool(p, vkey, vid)
   local done = split(r[3])
   done[#done + 1] = vid
   local state = 'partial'
