@@ -342,7 +342,10 @@ int main(int argc, char **argv) {
     vd_info("vdispatchd %s starting: kafka %s group %s, redis %s:%d db %d, mode %s", VD_VERSION,
             s.cfg.kafka_brokers, s.cfg.kafka_group_id,
             s.cfg.redis_unix_socket[0] ? s.cfg.redis_unix_socket : s.cfg.redis_host,
-            s.cfg.redis_port, s.cfg.redis_db, s.cfg.offer_timeout_ms ? "offers" : "direct");
+            s.cfg.redis_port, s.cfg.redis_db, "direct");
+    if (s.cfg.offer_timeout_ms > 0)
+        vd_warn("matching.offer_timeout_ms = %d: offers are not implemented yet; every match is "
+                "confirmed at once (direct mode)", s.cfg.offer_timeout_ms);
     uv_run(s.loop, UV_RUN_DEFAULT);
 
     vd_dispatch_free(s.dispatch);

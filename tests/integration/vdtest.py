@@ -810,6 +810,7 @@ class Daemon:
         cfg["redis.host"] = "127.0.0.1"
         cfg["redis.port"] = self.redis.port if self.redis else 6379
         cfg["http.listen"] = ""
+        cfg["matching.offer_timeout_ms"] = 0
         cfg["log.level"] = "debug"
         cfg["log.format"] = "json"
         return cfg
