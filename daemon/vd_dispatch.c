@@ -281,11 +281,12 @@ static void publish_unmatched(struct job *j, const char *unmatched_json) {
     json_t *data = json_loads(unmatched_json, 0, &jerr);
     if (!data) data = json_pack("{s:s, s:s}", "request_id", ev->request_id, "reason", "unknown");
     const char *reason = json_string_value(json_object_get(data, "reason"));
-    json_t *coord = json_pack("{s:s, s:s, s:s, s:s, s:s, s:O}", "kind", "unmatched", "request_id",
+    json_t *missing = json_object_get(data, "volunteers_missing");
+    json_t *coord = json_pack("{s:s, s:s, s:s, s:s, s:s, s:I}", "kind", "unmatched", "request_id",
                               ev->request_id, "reason", reason ? reason : "unknown", "service",
                               ev->service, "priority", vd_priority_name(ev->priority),
                               "volunteers_missing",
-                              json_object_get(data, "volunteers_missing") ?: json_integer(1));
+                              missing ? json_integer_value(missing) : (json_int_t)1);
     snprintf(id, sizeof id, "%s/unmatched", ev->request_id);
     produce(j, VD_OUT_ASSIGNMENTS, ev->request_id, "vd.request.unmatched", id, data);
     snprintf(id, sizeof id, "%s/notify-coordinator", ev->request_id);
@@ -629,7 +630,10 @@ static void on_claim(struct job *j, redisReply *r) {
     el(r, 0, state, sizeof state);
     el(r, 1, held, sizeof held);
     el(r, 2, dists, sizeof dists);
-    /* Whoever was not claimed was taken meanwhile (or tired): never offer them again here. */
+    /* Whoever was not claimed was taken meanwhile (or tired): never offer them again here.
+     * Those tried have left the pool, so the next page starts that much nearer. */
+    size_t tried = j->ncands < MAX_CLAIM ? j->ncands : MAX_CLAIM;
+    j->seen = (size_t)j->seen > tried ? j->seen - (int)tried : 0;
     j->ncands = 0;
     j->held = count_csv(held);
     if (strcmp(state, "confirmed") == 0) {
@@ -906,6 +910,11 @@ void vd_dispatch_on_revoke(void *arg, const char *topic, int32_t partition, enum
 void vd_dispatch_on_message(void *arg, rd_kafka_message_t *m, enum vd_topic_kind kind) {
     struct vd_dispatch *d = arg;
     struct part *p = find_part(d, rd_kafka_topic_name(m->rkt), m->partition, 1, kind);
+    if (d->stopping) {
+        /* Fetched before the pause took hold: left uncommitted for the next start. */
+        rd_kafka_message_destroy(m);
+        return;
+    }
     if (!p->assigned || vd_offsets_add(&p->offs, m->offset) < 0) {
         vd_debug("%s[%d]@%lld: not tracked (partition not assigned or offset repeated); skipped",
                  p->topic, (int)m->partition, (long long)m->offset);
