@@ -68,6 +68,7 @@ struct job {
     /* matching state */
     int radius, rmax, seen, first, claim_rounds, exhausted, held;
     int lacking_skill; /* in range but without the rare skill searched (never candidates) */
+    double page_far_m; /* distance of the farthest candidate of the last page */
     struct vd_match_stats mstats;
     struct vd_candidate *cands; /* eligible, ranked, not yet tried */
     size_t ncands;
@@ -223,15 +224,22 @@ static void offer_id(const char *rid, const char *vid, char *out, size_t cap) {
     snprintf(out, cap, "of-%016llx", (unsigned long long)h);
 }
 
-static void publish_confirmed(struct job *j, const char *vid, double dist) {
+/* What was recorded when a volunteer was claimed, so that a replay republishes the same. */
+struct claim_note {
+    double distance_m;
+    int radius_m;
+    int considered;
+};
+
+static void publish_confirmed(struct job *j, const char *vid, const struct claim_note *note) {
     const struct vd_event *ev = &j->ev;
     char oid[32], id[200];
     offer_id(ev->request_id, vid, oid, sizeof oid);
     json_t *data = json_pack("{s:s, s:s, s:s, s:f, s:i, s:s, s:s, s:i, s:i}", "request_id",
                              ev->request_id, "volunteer_id", vid, "offer_id", oid, "distance_m",
-                             dist, "attempt", 1, "service", ev->service, "priority",
-                             vd_priority_name(ev->priority), "radius_m", j->radius,
-                             "candidates_considered", j->mstats.considered);
+                             note->distance_m, "attempt", 1, "service", ev->service, "priority",
+                             vd_priority_name(ev->priority), "radius_m", note->radius_m,
+                             "candidates_considered", note->considered);
     if (ev->event_id[0]) json_object_set_new(data, "event_id", json_string(ev->event_id));
     snprintf(id, sizeof id, "%s/confirmed/%s", ev->request_id, vid);
     produce(j, VD_OUT_ASSIGNMENTS, ev->request_id, "vd.assignment.confirmed", id, data);
@@ -248,16 +256,21 @@ static void publish_confirmed(struct job *j, const char *vid, double dist) {
     j->d->stats.confirmed++;
 }
 
-/* Publishes confirmed events for every volunteer in the comma-joined held list. */
-static int publish_held(struct job *j, const char *held, const char *dists) {
+/* Publishes confirmed events for every volunteer in the comma-joined held list; notes holds
+ * the matching "distance/radius/considered" records, comma-joined in the same order. */
+static int publish_held(struct job *j, const char *held, const char *notes) {
     int n = 0;
-    const char *h = held, *ds = dists;
+    const char *h = held, *ds = notes;
     while (*h) {
         char vid[VD_ID_MAX + 1];
         size_t len = strcspn(h, ",");
         snprintf(vid, sizeof vid, "%.*s", (int)len, h);
-        double dist = strtod(ds, NULL);
-        publish_confirmed(j, vid, dist);
+        struct claim_note note = {0, 0, 0};
+        char *end;
+        note.distance_m = strtod(ds, &end);
+        if (*end == '/') note.radius_m = (int)strtol(end + 1, &end, 10);
+        if (*end == '/') note.considered = (int)strtol(end + 1, &end, 10);
+        publish_confirmed(j, vid, &note);
         n++;
         h += len;
         if (*h) h++;
@@ -499,7 +512,7 @@ static void match_done(struct job *j) {
 
 /* The request already had a record (replay, or a cancel that came first). */
 static void on_replay(struct job *j, redisReply *r) {
-    char state[32], held[VD_MAX_NEEDED * (VD_ID_MAX + 1) + 1], dists[256];
+    char state[32], held[VD_MAX_NEEDED * (VD_ID_MAX + 1) + 1], dists[512];
     char *unmatched = NULL;
     el(r, 1, state, sizeof state);
     el(r, 2, held, sizeof held);
@@ -528,7 +541,7 @@ static void on_replay(struct job *j, redisReply *r) {
 
 /* Appends the candidates of a vd_search reply, filters and ranks them with those still
  * untried from earlier pages. */
-static void take_candidates(struct job *j, redisReply *r, size_t *got) {
+static void take_candidates(struct job *j, redisReply *r, size_t *got, double *far_m) {
     size_t n = r->elements > 3 ? (r->elements - 3) / 6 : 0;
     *got = n;
     struct vd_candidate *c = realloc(j->cands, (j->ncands + n) * sizeof *c);
@@ -545,6 +558,7 @@ static void take_candidates(struct job *j, redisReply *r, size_t *got) {
         el(r, b + 3, fresh[i].languages, sizeof fresh[i].languages);
         fresh[i].max_tasks = atoi(el(r, b + 4, buf, sizeof buf));
         fresh[i].tasks_24h = atoi(el(r, b + 5, buf, sizeof buf));
+        if (fresh[i].distance_m > *far_m || i == 0) *far_m = fresh[i].distance_m;
     }
     size_t kept = vd_match_rank(&j->ev, fresh, n, j->d->cfg->max_tasks_per_day, &j->mstats);
     j->ncands += kept;
@@ -563,33 +577,25 @@ static void take_candidates(struct job *j, redisReply *r, size_t *got) {
 
 static int needed_left(const struct job *j) { return j->ev.volunteers_needed - j->held; }
 
-static void on_search(struct job *j, redisReply *r) {
-    char tag[16], buf[32];
-    el(r, 0, tag, sizeof tag);
-    if (strcmp(tag, "state") == 0) {
-        on_replay(j, r);
-        return;
-    }
-    j->first = 0;
-    long total = atol(el(r, 1, buf, sizeof buf));
-    size_t got = 0;
-    /* The search asked for the nearest seen + candidates; fewer means the radius is exhausted. */
-    j->exhausted = total < (long)j->seen + j->d->cfg->candidates;
-    take_candidates(j, r, &got);
-    j->seen += (int)got;
-    int without = atoi(el(r, 2, buf, sizeof buf));
-    if (without > j->lacking_skill) j->lacking_skill = without;
-    /* Enough eligible to fill the request: claim them. */
-    if (j->ncands >= (size_t)needed_left(j)) {
+/* Decides a request's next step after a search page or a claim round: claim, read the next
+ * page, widen the radius, or give up. Nobody unseen can be nearer than `horizon` (the radius
+ * once it is exhausted, else the farthest candidate of the last page), so nobody unseen can
+ * score better than horizon minus the preferred-volunteer bonus: only then are the best
+ * candidates known to be the best, and claimed. */
+static void next_step(struct job *j) {
+    const struct vd_event *ev = &j->ev;
+    size_t need = (size_t)needed_left(j);
+    double bonus = ev->preferred_volunteer_id[0] ? VD_SCORE_PREFERRED_M : 0;
+    double horizon = j->exhausted ? j->radius : j->page_far_m;
+    int more = j->mstats.considered < j->d->cfg->candidates * 8;
+    int last = j->exhausted && j->radius >= j->rmax;
+    if (j->ncands >= need && (j->cands[need - 1].score <= horizon - bonus || !more || last)) {
         claim(j);
-        return;
-    }
-    int max_considered = j->d->cfg->candidates * 8;
-    if (j->radius < j->rmax) {
+    } else if (more && !j->exhausted) {
+        search(j); /* the next page at this radius */
+    } else if (more && j->radius < j->rmax) {
         j->radius = j->radius * 2 < j->rmax ? j->radius * 2 : j->rmax;
         search(j);
-    } else if (!j->exhausted && j->mstats.considered < max_considered) {
-        search(j); /* more at the widest radius: next page */
     } else if (j->ncands) {
         claim(j); /* not enough for all: claim who there is, report the rest */
     } else {
@@ -600,6 +606,26 @@ static void on_search(struct job *j, redisReply *r) {
         finish_unmatched(j, j->mstats.considered ? VD_UNMATCHED_NO_ELIGIBLE_VOLUNTEER
                                                  : VD_UNMATCHED_NO_VOLUNTEER_IN_RANGE);
     }
+}
+
+static void on_search(struct job *j, redisReply *r) {
+    char tag[16], buf[32];
+    el(r, 0, tag, sizeof tag);
+    if (strcmp(tag, "state") == 0) {
+        on_replay(j, r);
+        return;
+    }
+    j->first = 0;
+    long total = atol(el(r, 1, buf, sizeof buf));
+    /* The search asked for the nearest seen + candidates; fewer means the radius is exhausted. */
+    j->exhausted = total < (long)j->seen + j->d->cfg->candidates;
+    size_t got = 0;
+    take_candidates(j, r, &got, &j->page_far_m);
+    if (!got) j->page_far_m = j->radius;
+    j->seen += (int)got;
+    int without = atoi(el(r, 2, buf, sizeof buf));
+    if (without > j->lacking_skill) j->lacking_skill = without;
+    next_step(j);
 }
 
 static void search(struct job *j) {
@@ -626,7 +652,7 @@ static void search(struct job *j) {
 }
 
 static void on_claim(struct job *j, redisReply *r) {
-    char state[32], held[VD_MAX_NEEDED * (VD_ID_MAX + 1) + 1], dists[256];
+    char state[32], held[VD_MAX_NEEDED * (VD_ID_MAX + 1) + 1], dists[512];
     el(r, 0, state, sizeof state);
     el(r, 1, held, sizeof held);
     el(r, 2, dists, sizeof dists);
@@ -651,13 +677,7 @@ static void on_claim(struct job *j, redisReply *r) {
         finish_unmatched(j, VD_UNMATCHED_CONTENTION);
         return;
     }
-    if (j->radius < j->rmax || (!j->exhausted && j->mstats.considered < j->d->cfg->candidates * 8)) {
-        if (j->radius < j->rmax) j->radius = j->radius * 2 < j->rmax ? j->radius * 2 : j->rmax;
-        search(j);
-        return;
-    }
-    finish_unmatched(j, count_csv(held) ? VD_UNMATCHED_NO_ELIGIBLE_VOLUNTEER
-                                        : VD_UNMATCHED_CONTENTION);
+    next_step(j);
 }
 
 static void claim(struct job *j) {
@@ -676,13 +696,13 @@ static void claim(struct job *j) {
     argf(&a, "%d", cfg->max_tasks_per_day);
     for (size_t i = 0; i < j->ncands && i < MAX_CLAIM; i++) {
         arg(&a, j->cands[i].id);
-        argf(&a, "%.1f", j->cands[i].distance_m);
+        argf(&a, "%.1f/%d/%d", j->cands[i].distance_m, j->radius, j->mstats.considered);
     }
     fcall(j, &a, on_claim);
 }
 
 static void on_finish(struct job *j, redisReply *r) {
-    char state[32], held[VD_MAX_NEEDED * (VD_ID_MAX + 1) + 1], dists[256];
+    char state[32], held[VD_MAX_NEEDED * (VD_ID_MAX + 1) + 1], dists[512];
     el(r, 0, state, sizeof state);
     el(r, 1, held, sizeof held);
     el(r, 3, dists, sizeof dists);

@@ -28,7 +28,7 @@ local function split(s)
   return t
 end
 
--- The distances recorded at claim time, comma-joined in the order of the held list.
+-- The notes recorded at claim time, comma-joined in the order of the held list.
 local function dists(rkey, held)
   local out = {}
   for _, vid in ipairs(split(held)) do out[#out + 1] = redis.call('HGET', rkey, 'd:' .. vid) or '0' end
@@ -105,7 +105,7 @@ end
 --[[ vd_search KEYS: pool req [skill-set ...]  ARGV: prefix lat lon radius_m offset count now_ms check_state
 With skill sets given (the pool's sets of the request's required skills), searches the
 smallest of them instead of the whole pool: everyone there has at least that rare skill.
-Returns {'state', state, held, unmatched, distances} when check_state is 1 and the request already has a
+Returns {'state', state, held, unmatched, notes} when check_state is 1 and the request already has a
 record (a replay), else {'ok', total, without, id, dist, skills, languages, max_tasks,
 tasks_24h, ...} for the candidates offset+1 .. offset+count nearest within radius_m. total is
 how many the search returned before the offset was skipped; without counts volunteers in
@@ -147,10 +147,12 @@ local function search(keys, args)
   return out
 end
 
---[[ vd_claim KEYS: req  ARGV: prefix rid needed now_ms ttl_s default_cap vid dist vid dist ...
+--[[ vd_claim KEYS: req  ARGV: prefix rid needed now_ms ttl_s default_cap vid note vid note ...
+A note is "distance/radius/considered" as the search saw it; it is kept (field d:<vid>) so that
+a replay republishes exactly what the first run published.
 Claims, in the order given, volunteers who are still pooled and under their daily cap, until
 the request holds `needed`. Idempotent: a request that already holds enough claims nobody new.
-Returns {state, held, distances} with held comma-joined; state 'cancelled' or another end
+Returns {state, held, notes} with held comma-joined; state 'cancelled' or another end
 state if the request ended meanwhile (then nobody is claimed). ]]
 local function claim(keys, args)
   local p, rkey, rid = args[1], keys[1], args[2]
@@ -192,7 +194,7 @@ end
 
 --[[ vd_finish KEYS: req  ARGV: prefix rid needed unmatched_json ttl_s
 Ends a request that could not get all its volunteers: records the unmatched outcome once.
-Returns {state, held, unmatched, distances} as recorded (the earlier record on a replay). ]]
+Returns {state, held, unmatched, notes} as recorded (the earlier record on a replay). ]]
 local function finish(keys, args)
   local rkey = keys[1]
   local r = redis.call('HMGET', rkey, 'state', 'held', 'unmatched')
