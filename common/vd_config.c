@@ -131,6 +131,7 @@ static const struct key_def keys[] = {
 
     INT("daemon", "max_inflight", max_inflight, "10000", 1, 1000000),
     INT("daemon", "shutdown_timeout_ms", shutdown_timeout_ms, "8000", 100, 60000),
+    INT("daemon", "partition_concurrency", partition_concurrency, "16", 1, 256),
 };
 
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))

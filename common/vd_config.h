@@ -65,6 +65,7 @@ struct vd_config {
     /* [daemon] */
     int max_inflight; /* input messages held in memory before partitions are paused */
     int shutdown_timeout_ms;
+    int partition_concurrency; /* inputs of one partition processed at once (distinct keys) */
 };
 
 /* Fills every field with its default. Returns 0, or -1 on allocation failure.

@@ -45,7 +45,8 @@ struct part {
     uint32_t gen;
     struct vd_offsets offs;
     struct job *head, *tail; /* queued jobs, offset order */
-    struct job *running;
+    struct job *running; /* jobs started and not yet through their Redis work (rnext list) */
+    int nrunning;
     int in_kick;
     uint64_t retry_at; /* loop time before which no job starts (after a Redis failure) */
     struct part *next;
@@ -62,7 +63,7 @@ struct job {
     enum stage stage;
     int pending;      /* outputs produced, not yet acknowledged */
     int redis_errors;
-    int decoded;
+    char *error; /* why the message is invalid (it becomes a dead letter), or NULL */
     struct vd_event ev;
     uint64_t started_us;
     /* matching state */
@@ -72,7 +73,9 @@ struct job {
     struct vd_match_stats mstats;
     struct vd_candidate *cands; /* eligible, ranked, not yet tried */
     size_t ncands;
+    char key[VD_ID_MAX + 1]; /* request or volunteer the event is about; "" if undecodable */
     struct job *next;
+    struct job *rprev, *rnext;        /* the partition's running list */
     struct job *all_prev, *all_next; /* every live job, for teardown */
 };
 
@@ -164,8 +167,8 @@ static void produce(struct job *j, enum vd_output_topic topic, const char *key, 
     vd_kafka_produce(j->d->kafka, topic, key, strlen(key), s, strlen(s), j);
 }
 
-/* Copies payload into a JSON string: at most DEADLETTER_PAYLOAD_MAX bytes, invalid UTF-8
- * bytes replaced by '?', cut on a character boundary. */
+/* Copies payload into a JSON string: at most DEADLETTER_PAYLOAD_MAX bytes, bytes that are not
+ * UTF-8 replaced by '?', cut on a character boundary (NUL is kept: JSON escapes it). */
 static json_t *payload_string(const char *p, size_t len) {
     size_t cap = len < DEADLETTER_PAYLOAD_MAX ? len : DEADLETTER_PAYLOAD_MAX;
     char *out = malloc(cap + 1);
@@ -173,7 +176,7 @@ static json_t *payload_string(const char *p, size_t len) {
     while (i < len) {
         unsigned char c = (unsigned char)p[i];
         size_t n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
-        int ok = n > 0 && i + n <= len && c != 0;
+        int ok = n > 0 && i + n <= len;
         for (size_t k = 1; ok && k < n; k++) ok = ((unsigned char)p[i + k] >> 6) == 2;
         if (ok && n == 2 && c < 0xC2) ok = 0;
         if (ok && n == 3) {
@@ -314,6 +317,7 @@ static void job_free(struct job *j) {
     if (j->all_next) j->all_next->all_prev = j->all_prev;
     d->stats.jobs_in_memory--;
     free(j->payload);
+    free(j->error);
     free(j->cands);
     free(j);
 }
@@ -328,22 +332,63 @@ static void maybe_finish(struct job *j) {
     job_free(j);
 }
 
-/* Starts the partition's next jobs, one at a time. A job that finishes without waiting
- * (a dead letter, say) returns here instead of recursing, so a long run of bad messages
- * costs no stack. */
+#define KICK_SCAN 64 /* queued jobs looked at per start, past those blocked by a running key */
+
+static int same_key(const struct job *a, const struct job *b) {
+    return a->key[0] && strcmp(a->key, b->key) == 0;
+}
+
+/* A job may start unless an earlier job about the same request or volunteer is running or
+ * still waits ahead of it: one key's events are applied in offset order. */
+static int blocked(const struct part *p, const struct job *j, struct job *const *skipped,
+                   size_t nskipped) {
+    for (const struct job *r = p->running; r; r = r->rnext)
+        if (same_key(r, j)) return 1;
+    for (size_t i = 0; i < nskipped; i++)
+        if (same_key(skipped[i], j)) return 1;
+    return 0;
+}
+
+static void running_remove(struct part *p, struct job *j) {
+    if (j->rprev) j->rprev->rnext = j->rnext; else p->running = j->rnext;
+    if (j->rnext) j->rnext->rprev = j->rprev;
+    j->rprev = j->rnext = NULL;
+    p->nrunning--;
+    j->d->running--;
+}
+
+/* Starts queued jobs of the partition, up to daemon.partition_concurrency at once. A job that
+ * finishes without waiting (a dead letter, say) returns here instead of recursing, so a long
+ * run of bad messages costs no stack. */
 static void kick(struct part *p) {
-    if (p->in_kick) return;
+    if (p->in_kick || !p->head) return;
+    struct vd_dispatch *d = p->head->d;
     p->in_kick = 1;
-    while (!p->running && p->head) {
-        struct job *j = p->head;
-        struct vd_dispatch *d = j->d;
-        if (d->stopping || !vd_redis_is_ready(d->redis) || uv_now(d->loop) < p->retry_at) break;
-        p->head = j->next;
-        if (!p->head) p->tail = NULL;
-        j->next = NULL;
-        p->running = j;
-        d->running++;
-        run_job(j);
+    int started = 1;
+    while (started) {
+        started = 0;
+        struct job *skipped[KICK_SCAN], *prev = NULL;
+        size_t nskipped = 0;
+        for (struct job *j = p->head; j && nskipped < KICK_SCAN; prev = j, j = j->next) {
+            if (p->nrunning >= d->cfg->partition_concurrency || d->stopping ||
+                !vd_redis_is_ready(d->redis) || uv_now(d->loop) < p->retry_at)
+                break;
+            if (blocked(p, j, skipped, nskipped)) {
+                skipped[nskipped++] = j;
+                continue;
+            }
+            if (prev) prev->next = j->next; else p->head = j->next;
+            if (p->tail == j) p->tail = prev;
+            j->next = NULL;
+            j->rnext = p->running;
+            if (p->running) p->running->rprev = j;
+            p->running = j;
+            p->nrunning++;
+            d->running++;
+            run_job(j);
+            started = 1; /* the queue may have changed under us: scan again from the head */
+            break;
+        }
     }
     p->in_kick = 0;
 }
@@ -352,10 +397,7 @@ static void kick(struct part *p) {
 static void redis_done(struct job *j) {
     struct part *p = j->part;
     j->stage = STAGE_PUBLISHED;
-    if (p->running == j) {
-        p->running = NULL;
-        j->d->running--;
-    }
+    running_remove(p, j);
     maybe_finish(j);
     kick(p);
 }
@@ -379,10 +421,7 @@ static void redis_failed(struct job *j, const redisReply *reply) {
     if (reply)
         vd_warn("%s[%d]@%lld: Redis error, will retry: %.*s", p->topic, (int)j->partition,
                 (long long)j->offset, (int)reply->len, reply->str ? reply->str : "");
-    if (p->running == j) {
-        p->running = NULL;
-        d->running--;
-    }
+    running_remove(p, j);
     j->stage = STAGE_QUEUED;
     p->retry_at = uv_now(d->loop) + 100;
     if (j->gen != p->gen || d->stopping) {
@@ -779,16 +818,22 @@ static void run_request(struct job *j) {
 static void on_cancel(struct job *j, redisReply *r) {
     char tag[16], released[VD_MAX_NEEDED * (VD_ID_MAX + 1) + 1], id[200];
     const char *rid = j->ev.request_id;
+    char again[16];
     el(r, 0, tag, sizeof tag);
     el(r, 1, released, sizeof released);
+    el(r, 2, again, sizeof again);
     if (strcmp(tag, "cancelled") != 0) {
         j->d->stats.ignored_responses++;
-        vd_info("request %s: cancel ignored (%s%s%s)", rid, tag, tag[0] == 'e' ? ": " : "",
-                tag[0] == 'e' ? released : "");
+        vd_info("request %s: cancel ignored (already %s)", rid, released);
         redis_done(j);
         return;
     }
-    j->d->stats.cancelled++;
+    /* A cancel seen again republishes what the first one released, with the same ids: its
+     * outputs may never have reached Kafka. */
+    if (strcmp(again, "replay") == 0)
+        j->d->stats.replays++;
+    else
+        j->d->stats.cancelled++;
     if (!released[0]) {
         snprintf(id, sizeof id, "%s/cancelled", rid);
         produce(j, VD_OUT_ASSIGNMENTS, rid, "vd.request.cancelled", id,
@@ -815,13 +860,18 @@ static void on_complete(struct job *j, redisReply *r) {
     char tag[16], id[200];
     const char *rid = j->ev.request_id, *vid = j->ev.volunteer_id;
     el(r, 0, tag, sizeof tag);
+    char again[16];
+    el(r, 2, again, sizeof again);
     if (strcmp(tag, "mismatch") == 0) {
         j->d->stats.ignored_responses++;
         vd_info("task %s/%s: completion ignored: the volunteer does not hold this request", rid, vid);
         redis_done(j);
         return;
     }
-    j->d->stats.completed++;
+    if (strcmp(again, "replay") == 0)
+        j->d->stats.replays++;
+    else
+        j->d->stats.completed++;
     snprintf(id, sizeof id, "%s/completed/%s", rid, vid);
     produce(j, VD_OUT_ASSIGNMENTS, rid, "vd.request.completed", id,
             json_pack("{s:s, s:s, s:b}", "request_id", rid, "volunteer_id", vid, "all_done",
@@ -847,15 +897,10 @@ static void run_simple(struct job *j, const char *fn, reply_fn *cb) {
 
 static void run_job(struct job *j) {
     struct vd_dispatch *d = j->d;
-    if (!j->decoded) {
-        char err[512];
-        if (vd_event_decode(j->payload, j->len, j->part->kind, &j->ev, err, sizeof err) < 0) {
-            dead_letter(j, err);
-            redis_done(j);
-            return;
-        }
-        j->decoded = 1;
-        d->stats.inputs[j->ev.type]++;
+    if (j->error) {
+        dead_letter(j, j->error);
+        redis_done(j);
+        return;
     }
     switch (j->ev.type) {
     case VD_EV_VOLUNTEER_AVAILABLE:
@@ -953,6 +998,17 @@ void vd_dispatch_on_message(void *arg, rd_kafka_message_t *m, enum vd_topic_kind
     if (!j->payload) abort();
     if (m->len) memcpy(j->payload, m->payload, m->len);
     rd_kafka_message_destroy(m);
+    /* Decode now: the key that orders this job among its partition's is the request or
+     * volunteer it is about. */
+    char err[512];
+    if (vd_event_decode(j->payload, j->len, kind, &j->ev, err, sizeof err) < 0) {
+        j->error = strdup(err);
+        if (!j->error) abort();
+    } else {
+        d->stats.inputs[j->ev.type]++;
+        snprintf(j->key, sizeof j->key, "%s",
+                 kind == VD_TOPIC_VOLUNTEERS ? j->ev.volunteer_id : j->ev.request_id);
+    }
     d->stats.jobs_in_memory++;
     j->all_next = d->all;
     if (d->all) d->all->all_prev = j;

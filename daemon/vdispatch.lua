@@ -129,7 +129,7 @@ local function search(keys, args)
   local without = 0
   if #found == 0 and pool ~= keys[1] then
     without = #redis.call('GEOSEARCH', keys[1], 'FROMLONLAT', args[3], args[2],
-                          'BYRADIUS', args[4], 'm', 'COUNT', count)
+                          'BYRADIUS', args[4], 'm', 'COUNT', count, 'ANY')
   end
   local out = {'ok', #found, without}
   local since = tonumber(args[7]) - DAY_MS
@@ -206,14 +206,16 @@ local function finish(keys, args)
 end
 
 --[[ vd_cancel KEYS: req  ARGV: prefix rid ttl_s
-Cancels a request and releases every volunteer it holds back to their pool. A cancel that
-arrives before its request leaves a 'cancelled' record, so the request is never matched.
-Returns {'cancelled', released} or {'ended', state} when it had already ended otherwise,
-or {'duplicate', ''} when it was already cancelled. ]]
+Cancels a request and releases every volunteer it holds back to their pool; a released
+assignment no longer counts toward the volunteer's daily cap. A cancel that arrives before its
+request leaves a 'cancelled' record, so the request is never matched.
+Returns {'cancelled', released, 'first'|'replay'}: a cancel seen again returns what the first
+one released (its outputs may not have reached Kafka), or {'ended', state} when the request
+had already ended otherwise. ]]
 local function cancel(keys, args)
   local p, rkey, rid = args[1], keys[1], args[2]
-  local r = redis.call('HMGET', rkey, 'state', 'held', 'done')
-  if r[1] == 'cancelled' then return {'duplicate', ''} end
+  local r = redis.call('HMGET', rkey, 'state', 'held', 'done', 'released')
+  if r[1] == 'cancelled' then return {'cancelled', r[4] or '', 'replay'} end
   if r[1] == 'completed' then return {'ended', r[1]} end
   local done = {}
   for _, v in ipairs(split(r[3])) do done[v] = true end
@@ -222,25 +224,32 @@ local function cancel(keys, args)
     local vkey = p .. 'vol:' .. vid
     if not done[vid] and redis.call('HGET', vkey, 'task') == rid then
       redis.call('HSET', vkey, 'task', '')
+      redis.call('ZREM', p .. 'tasks:' .. vid, rid)
       repool(p, vkey, vid)
       released[#released + 1] = vid
     end
   end
-  redis.call('HSET', rkey, 'state', 'cancelled')
+  local joined = table.concat(released, ',')
+  redis.call('HSET', rkey, 'state', 'cancelled', 'released', joined)
   redis.call('EXPIRE', rkey, tonumber(args[3]))
-  return {'cancelled', table.concat(released, ',')}
+  return {'cancelled', joined, 'first'}
 end
 
 --[[ vd_complete KEYS: req  ARGV: prefix rid vid
 A volunteer finished their task: they return to the pool (if still available). The request is
 'completed' once every volunteer it held has finished.
-Returns {'completed'|'partial', ...} or {'mismatch', reason} when the volunteer does not hold
-this request (late, duplicated or wrong report: nothing changes). ]]
+Returns {'completed'|'partial', done, 'first'|'replay'} (a completion seen again answers as the
+first did), or {'mismatch', reason} when the volunteer does not hold this request (a wrong
+report: nothing changes). ]]
 local function complete(keys, args)
   local p, rkey, rid, vid = args[1], keys[1], args[2], args[3]
   local vkey = p .. 'vol:' .. vid
   local task = redis.call('HGET', vkey, 'task')
-  if task ~= rid then return {'mismatch', 'volunteer does not hold this request'} end
+  if task ~= rid then
+    local c = redis.call('HGET', rkey, 'c:' .. vid)
+    if c then return {c == '1' and 'completed' or 'partial', '', 'replay'} end
+    return {'mismatch', 'volunteer does not hold this request'}
+  end
   local r = redis.call('HMGET', rkey, 'state', 'held', 'done')
   redis.call('HSET', vkey, 'task', '')
   repool(p, vkey, vid)
@@ -249,10 +258,11 @@ local function complete(keys, args)
   local state = 'partial'
   if #done >= #split(r[2]) and r[1] == 'confirmed' then state = 'completed' end
   if r[1] then
-    redis.call('HSET', rkey, 'done', table.concat(done, ','))
+    redis.call('HSET', rkey, 'done', table.concat(done, ','), 'c:' .. vid,
+               state == 'completed' and '1' or '0')
     if state == 'completed' then redis.call('HSET', rkey, 'state', 'completed') end
   end
-  return {state, table.concat(done, ',')}
+  return {state, table.concat(done, ','), 'first'}
 end
 
 redis.register_function('vd_vol_available', vol_available)

@@ -87,6 +87,7 @@ static void test_defaults(void **state) {
     assert_string_equal(cfg.log_file, "");
     assert_int_equal(cfg.max_inflight, 10000);
     assert_int_equal(cfg.shutdown_timeout_ms, 8000);
+    assert_int_equal(cfg.partition_concurrency, 16);
     if (vd_config_validate(&cfg, err, sizeof(err)) != 0) fail_msg("defaults invalid: %s", err);
     vd_config_free(&cfg);
     /* free leaves a zeroed struct: a second free is harmless. */
