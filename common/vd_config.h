@@ -84,7 +84,7 @@ int vd_config_set(struct vd_config *cfg, const char *assignment, char *err, size
 /* Checks rules between keys (e.g. radius_start_m <= radius_max_m). Returns 0 or -1 with err. */
 int vd_config_validate(const struct vd_config *cfg, char *err, size_t errlen);
 
-/* Writes every key and its current value as INI to buf (for --check-config -v). Returns the
+/* Writes every key and its current value as INI to buf (for --dump-config). Returns the
  * number of bytes that would have been written, as snprintf does. redis.password and
  * pass-through properties whose name holds "password", "secret" or "jaas" are shown as "***"
  * when set, so the output is safe to log but does not round-trip those values. */

@@ -6,6 +6,8 @@
 #include "vd_log.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <unistd.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -47,13 +49,15 @@ int vd_log_open(int level, int format, const char *path) {
 }
 
 int vd_log_reopen(void) {
-    if (!logger.path) return 0;
-    FILE *fp = fopen(logger.path, "a");
-    if (!fp) return -1;
-    setvbuf(fp, NULL, _IOLBF, 0);
-    if (logger.fp) fclose(logger.fp);
-    logger.fp = fp;
-    return 0;
+    if (!logger.path || !logger.fp) return 0;
+    /* librdkafka's threads may be writing through logger.fp right now: keep the FILE and swap
+     * the descriptor under it (dup2 is atomic), so no writer ever sees a closed stream. */
+    int fd = open(logger.path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) return -1;
+    fflush(logger.fp);
+    int rc = dup2(fd, fileno(logger.fp));
+    close(fd);
+    return rc < 0 ? -1 : 0;
 }
 
 void vd_log_close(void) {

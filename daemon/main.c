@@ -24,8 +24,9 @@
 
 #define CRON_MS 100
 /* The stop budget (daemon.shutdown_timeout_ms) ends with these two steps. */
-#define CLOSE_GROUP_MS 1000 /* leaving the consumer group */
-#define CLOSE_FLUSH_MS 400  /* last chance for outputs still queued */
+#define CLOSE_GROUP_MS 1000   /* leaving the consumer group */
+#define CLOSE_FLUSH_MS 400    /* last chance for outputs still queued */
+#define CLOSE_DESTROY_MS 1000 /* librdkafka's own shutdown */
 #define STATS_EVERY_MS 10000
 
 struct vd_server {
@@ -41,6 +42,7 @@ struct vd_server {
     int reopen_requested;
     int stopping;
     int closing; /* work is done (or out of time): leaving the group */
+    int kafka_left_behind; /* librdkafka still shutting down on its own thread at exit */
     int announced_ready;
     uint64_t stop_started_ms;
     uint64_t last_stats_ms;
@@ -165,7 +167,7 @@ static void finish_stop(struct vd_server *s) {
     uv_close((uv_handle_t *)&s->sigint, NULL);
     uv_close((uv_handle_t *)&s->sighup, NULL);
     log_stats(s);
-    vd_kafka_free(s->kafka, CLOSE_FLUSH_MS);
+    if (vd_kafka_free(s->kafka, CLOSE_FLUSH_MS, CLOSE_DESTROY_MS) < 0) s->kafka_left_behind = 1;
     s->kafka = NULL;
     vd_redis_free(s->redis);
     s->redis = NULL;
@@ -194,7 +196,7 @@ static void on_cron(uv_timer_t *t) {
     }
     if (s->stopping) {
         uint64_t budget = (uint64_t)s->cfg.shutdown_timeout_ms, spent = now - s->stop_started_ms;
-        uint64_t tail = CLOSE_GROUP_MS + CLOSE_FLUSH_MS;
+        uint64_t tail = CLOSE_GROUP_MS + CLOSE_FLUSH_MS + CLOSE_DESTROY_MS;
         uint64_t work_deadline = budget > tail ? budget - tail : budget / 2;
         if (!s->closing) {
             int idle = vd_dispatch_idle(s->dispatch) && vd_kafka_unacked(s->kafka) == 0;
@@ -351,6 +353,6 @@ int main(int argc, char **argv) {
     vd_dispatch_free(s.dispatch);
     if (uv_loop_close(s.loop) != 0) vd_warn("loop closed with handles still open");
     vd_config_free(&s.cfg);
-    vd_log_close();
+    if (!s.kafka_left_behind) vd_log_close(); /* else its threads may still log */
     return s.exit_code;
 }

@@ -16,6 +16,9 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -132,8 +135,11 @@ static rd_kafka_conf_t *build_conf(const struct vd_config *cfg, int consumer, ch
         size_t vlen = sizeof val;
         if (rd_kafka_conf_get(conf, locked[i][0], val, &vlen) == RD_KAFKA_CONF_OK &&
             strcmp(val, locked[i][2]) != 0) {
-            snprintf(err, errlen, "%s%s: must stay %s (the delivery guarantees rely on it)", prefix,
-                     locked[i][0], locked[i][1]);
+            const char *origin = "?";
+            for (size_t p = 0; p < props->n; p++)
+                if (strcmp(props->v[p].name, locked[i][0]) == 0) origin = props->v[p].origin;
+            snprintf(err, errlen, "%s: %s%s: must stay %s (the delivery guarantees rely on it)",
+                     origin, prefix, locked[i][0], locked[i][1]);
             goto err;
         }
     }
@@ -421,7 +427,7 @@ struct vd_kafka *vd_kafka_new(uv_loop_t *loop, const struct vd_config *cfg,
     }
     return k;
 err:
-    vd_kafka_free(k, 0);
+    vd_kafka_free(k, 0, 1000);
     return NULL;
 }
 
@@ -483,7 +489,7 @@ int vd_kafka_close_poll(struct vd_kafka *k) {
     }
     if (!rd_kafka_consumer_closed(k->consumer)) return 0;
     k->consumer_closed = 1;
-    vd_info("kafka: left the consumer group, offsets committed");
+    vd_info("kafka: consumer closed");
     return 1;
 }
 
@@ -500,8 +506,55 @@ static void unwatch(struct qwatch *w) {
     }
 }
 
-void vd_kafka_free(struct vd_kafka *k, int timeout_ms) {
-    if (!k) return;
+/* Destroys both librdkafka handles on a helper thread and waits for it at most ms: when the
+ * brokers are gone, librdkafka can wait seconds on requests that will never be answered, and
+ * the stop must stay within its budget. Returns 0 when destroyed, -1 when left behind (the
+ * process is about to exit; the thread goes on with it). */
+struct destroyer {
+    rd_kafka_t *consumer, *producer;
+    int consumer_closed;
+    atomic_int done;
+};
+
+static void *destroy_thread(void *arg) {
+    struct destroyer *x = arg;
+    if (x->consumer)
+        rd_kafka_destroy_flags(x->consumer, x->consumer_closed ? 0 : RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
+    if (x->producer) rd_kafka_destroy(x->producer);
+    atomic_store(&x->done, 1);
+    return NULL;
+}
+
+static int destroy_bounded(struct vd_kafka *k, int ms) {
+    struct destroyer *x = calloc(1, sizeof *x);
+    if (!x) return -1;
+    x->consumer = k->consumer;
+    x->producer = k->producer;
+    x->consumer_closed = k->consumer_closed;
+    k->consumer = k->producer = NULL;
+    pthread_t t;
+    if (pthread_create(&t, NULL, destroy_thread, x) != 0) {
+        destroy_thread(x);
+        free(x);
+        return 0;
+    }
+    for (int waited = 0; !atomic_load(&x->done) && waited < ms; waited += 10) {
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    if (!atomic_load(&x->done)) {
+        pthread_detach(t);
+        vd_warn("kafka: client still shutting down after %d ms; exiting without it", ms);
+        return -1; /* x stays with the thread */
+    }
+    pthread_join(t, NULL);
+    free(x);
+    return 0;
+}
+
+int vd_kafka_free(struct vd_kafka *k, int timeout_ms, int destroy_ms) {
+    if (!k) return 0;
+    int abandoned = 0;
     if (k->producer && timeout_ms > 0) {
         /* Produce what still waits in the retry list, then give the brokers a last chance. */
         uint64_t deadline = uv_now(k->loop) + (uint64_t)timeout_ms;
@@ -518,13 +571,11 @@ void vd_kafka_free(struct vd_kafka *k, int timeout_ms) {
     unwatch(&k->cq);
     unwatch(&k->pq);
     if (k->close_q) rd_kafka_queue_destroy(k->close_q);
-    if (k->consumer) {
-        if (!k->consumer_closed)
-            vd_warn("kafka: leaving without a clean group exit; the group rebalances after "
-                    "session.timeout.ms");
-        rd_kafka_destroy_flags(k->consumer, k->consumer_closed ? 0 : RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
-    }
-    if (k->producer) rd_kafka_destroy(k->producer);
+    k->close_q = NULL;
+    if (!k->consumer_closed && k->consumer)
+        vd_warn("kafka: leaving without a clean group exit; the group rebalances after "
+                "session.timeout.ms");
+    if (destroy_bounded(k, destroy_ms) < 0) abandoned = 1;
     while (k->retry_head) {
         struct retry *r = k->retry_head;
         k->retry_head = r->next;
@@ -534,7 +585,7 @@ void vd_kafka_free(struct vd_kafka *k, int timeout_ms) {
     int handles = k->open_handles;
     if (handles == 0) {
         free(k);
-        return;
+        return abandoned ? -1 : 0;
     }
     if (k->timers_inited) {
         uv_close((uv_handle_t *)&k->idle, on_close);
@@ -549,4 +600,5 @@ void vd_kafka_free(struct vd_kafka *k, int timeout_ms) {
         if (ws[i]->fds[0] >= 0) close(ws[i]->fds[0]);
         if (ws[i]->fds[1] >= 0) close(ws[i]->fds[1]);
     }
+    return abandoned ? -1 : 0;
 }

@@ -77,7 +77,10 @@ const struct vd_kafka_stats *vd_kafka_stats(const struct vd_kafka *k);
 int vd_kafka_close_start(struct vd_kafka *k);
 /* Serves the group exit; returns 1 once the consumer is closed, else 0. */
 int vd_kafka_close_poll(struct vd_kafka *k);
-/* Releases everything; waits up to timeout_ms for outputs still queued. */
-void vd_kafka_free(struct vd_kafka *k, int timeout_ms);
+/* Releases everything: waits up to flush_ms for outputs still queued, then up to destroy_ms
+ * for librdkafka to shut down. Returns 0, or -1 when librdkafka was still shutting down and
+ * was left to finish on its own thread (only acceptable right before the process exits; its
+ * threads may still log meanwhile). */
+int vd_kafka_free(struct vd_kafka *k, int flush_ms, int destroy_ms);
 
 #endif

@@ -6,10 +6,15 @@
  * the backoff has passed and it is time to connect again. A second timer (`tick`) checks the
  * oldest pending command against its deadline: hiredis answers in order, so the head of the
  * pending list is always the oldest. Dropping a connection calls redisAsyncFree(), which runs
- * every pending callback with a NULL reply; callers treat that as "try again later". */
+ * every pending callback with a NULL reply; callers treat that as "try again later".
+ *
+ * The context is attached to the loop by this file's own small adapter rather than hiredis'
+ * adapters/libuv.h: that one returns early when libuv reports a poll error (a failed connect,
+ * a connection reset while commands are unread), so hiredis never learns that the socket died
+ * and the client would sit "ready" until a command deadline passed. Here a poll error makes
+ * hiredis read the socket, which reports the error and disconnects at once. */
 #include "vd_redis.h"
 
-#include <hiredis/adapters/libuv.h>
 #include <hiredis/async.h>
 #include <stdlib.h>
 #include <string.h>
@@ -190,6 +195,65 @@ static void on_disconnect(const redisAsyncContext *ac, int status) {
     arm_reconnect(r);
 }
 
+/* ---- the libuv adapter: hiredis asks for read/write interest, libuv reports readiness ---- */
+
+struct uvio {
+    redisAsyncContext *ac; /* NULL once hiredis has cleaned up */
+    uv_poll_t poll;
+    int events;
+};
+
+static void uvio_cb(uv_poll_t *h, int status, int events) {
+    struct uvio *io = h->data;
+    if (status < 0) {
+        /* The socket failed (libuv stopped watching it): let hiredis read the error. */
+        events = UV_READABLE | (io->events & UV_WRITABLE);
+    }
+    if (io->ac && (events & UV_READABLE)) redisAsyncHandleRead(io->ac);
+    if (io->ac && (events & UV_WRITABLE)) redisAsyncHandleWrite(io->ac);
+    if (status < 0 && io->ac && io->events) uv_poll_start(&io->poll, io->events, uvio_cb);
+}
+
+static void uvio_update(struct uvio *io, int add, int flag) {
+    io->events = add ? io->events | flag : io->events & ~flag;
+    if (io->events)
+        uv_poll_start(&io->poll, io->events, uvio_cb);
+    else
+        uv_poll_stop(&io->poll);
+}
+
+static void uvio_add_read(void *p) { uvio_update(p, 1, UV_READABLE); }
+static void uvio_del_read(void *p) { uvio_update(p, 0, UV_READABLE); }
+static void uvio_add_write(void *p) { uvio_update(p, 1, UV_WRITABLE); }
+static void uvio_del_write(void *p) { uvio_update(p, 0, UV_WRITABLE); }
+
+static void uvio_closed(uv_handle_t *h) { free(h->data); }
+
+static void uvio_cleanup(void *p) {
+    struct uvio *io = p;
+    io->ac = NULL;
+    uv_close((uv_handle_t *)&io->poll, uvio_closed);
+}
+
+/* Returns 0, or -1 if the poll handle could not be set up (the context is untouched). */
+static int uvio_attach(redisAsyncContext *ac, uv_loop_t *loop) {
+    struct uvio *io = calloc(1, sizeof *io);
+    if (!io) return -1;
+    if (uv_poll_init_socket(loop, &io->poll, ac->c.fd) != 0) {
+        free(io);
+        return -1;
+    }
+    io->ac = ac;
+    io->poll.data = io;
+    ac->ev.data = io;
+    ac->ev.addRead = uvio_add_read;
+    ac->ev.delRead = uvio_del_read;
+    ac->ev.addWrite = uvio_add_write;
+    ac->ev.delWrite = uvio_del_write;
+    ac->ev.cleanup = uvio_cleanup;
+    return 0;
+}
+
 static void connect_now(struct vd_redis *r) {
     char w[300];
     redisAsyncContext *ac;
@@ -204,7 +268,7 @@ static void connect_now(struct vd_redis *r) {
         return;
     }
     ac->data = r;
-    if (redisLibuvAttach(ac, r->loop) != REDIS_OK) {
+    if (uvio_attach(ac, r->loop) < 0) {
         redisAsyncFree(ac);
         arm_reconnect(r);
         return;
@@ -264,7 +328,7 @@ enum vd_redis_state vd_redis_state(const struct vd_redis *r) { return r->state; 
 const struct vd_redis_stats *vd_redis_stats(const struct vd_redis *r) { return &r->stats; }
 size_t vd_redis_pending(const struct vd_redis *r) { return r->npending; }
 
-static void on_handle_closed(uv_handle_t *h) {
+static void on_closed(uv_handle_t *h) {
     struct vd_redis *r = h->data;
     if (--r->open_handles == 0) {
         free(r->library);
@@ -278,6 +342,6 @@ void vd_redis_free(struct vd_redis *r) {
     drop(r);
     uv_timer_stop(&r->timer);
     uv_timer_stop(&r->tick);
-    uv_close((uv_handle_t *)&r->timer, on_handle_closed);
-    uv_close((uv_handle_t *)&r->tick, on_handle_closed);
+    uv_close((uv_handle_t *)&r->timer, on_closed);
+    uv_close((uv_handle_t *)&r->tick, on_closed);
 }

@@ -13,6 +13,7 @@ checks the contract's guarantees on everything that came out:
   test_kill9_mid_stream       kill -9 twice: during a trickle of requests and mid-burst
   test_redis_outage           redis-server killed and restarted with its data (AOF); intake
                               pauses while inputs wait for it
+  test_redis_crash_with_unread_commands   Redis dies with commands unread (a reset): noticed
   test_redis_stall            redis-server SIGSTOPped past redis.command_timeout_ms
   test_kafka_outage           every broker down for 5 s
 
@@ -250,7 +251,10 @@ def test_redis_outage():
         time.sleep(1)
 
         assert d.running(), "the daemon exited (%s)" % d.returncode
-        lost = d.find_log(msg="connection lost") + d.find_log(msg="connect failed")
+        # The loss shows as "connection lost" (or, when Redis died with commands unread, as a
+        # command timeout: see test_redis_crash_with_unread_commands), then failed connects.
+        lost = (d.find_log(msg="connection lost") + d.find_log(msg="no reply for")
+                + d.find_log(msg="connect failed"))
         back = d.find_log(msg="after reconnect")
         vdtest.log("log: %d lost/failed lines, reconnect: %s"
                    % (len(lost), [r["msg"] for r in back]))
@@ -263,6 +267,49 @@ def test_redis_outage():
         evs, chosen = check_outcomes(env, rids)
         check_redis(env.redis, chosen)
         assert d.stop() == 0
+
+
+def test_redis_crash_with_unread_commands():
+    """Redis dies while commands it has not read yet wait in its socket (a crash under load):
+    the kernel answers with a reset instead of a plain close. The daemon must notice the
+    lost connection at once, as it does for a plain close, and not only when the oldest
+    command passes redis.command_timeout_ms (10 s here): until it notices, /readyz says
+    ready and vd_redis_up says 1 for a Redis that is gone."""
+    with vdtest.Env(redis_args=("--appendonly", "yes")) as env:
+        listen, port = listen_config()
+        d = env.daemon({"http.listen": listen, "log.level": "info",
+                        "redis.command_timeout_ms": 10000})
+        load_volunteers(env, volunteers(20))
+        reqs = requests(5, spread_m=100)
+        calls = metrics(port)["vd_redis_calls_total"]
+        env.redis.proc.send_signal(signal.SIGSTOP)  # commands sent from now on stay unread
+        env.send("requests", reqs)
+        env.wait_for(lambda: metrics(port)["vd_redis_calls_total"] > calls, timeout=20,
+                     what="a command sent to the stopped Redis")
+        time.sleep(0.5)
+        env.redis.kill()  # SIGKILL works on a stopped process
+        t_kill = time.monotonic()
+        noticed = None
+        while time.monotonic() - t_kill < 15 * vdtest.TIMEOUT_SCALE:
+            status, _, why = http_get(port, "/readyz")
+            if status == 503 and "redis" in why.lower():
+                noticed = time.monotonic() - t_kill
+                break
+            time.sleep(0.1)
+        lines = [r["msg"] for r in d.find_log(msg="redis 127.0.0.1") if r["level"] != "info"]
+        vdtest.log("Redis loss noticed after %s s; log: %s"
+                   % ("%.1f" % noticed if noticed is not None else "more than 15", lines[:2]))
+        assert d.running(), "the daemon exited (%s)" % d.returncode
+
+        # Whatever the delay, it recovers once Redis is back.
+        env.redis.restart(keep_data=True)
+        evs = wait_all_outcomes(env, _rids(reqs), timeout=60)
+        assert all(len({e["id"] for e in g}) == 1 for g in evs.values()), evs
+        assert d.stop() == 0
+        assert noticed is not None and noticed <= 3 * vdtest.TIMEOUT_SCALE, (
+            "a Redis that died with unread commands was noticed only after %s s (at the "
+            "command timeout); until then /readyz answered 200 ready"
+            % ("%.1f" % noticed if noticed is not None else "more than 15"))
 
 
 # --------------------------------------------------------------------------------------------

@@ -349,7 +349,7 @@ def test_sigterm_graceful():
         assert took <= STOP_BUDGET_S * vdtest.TIMEOUT_SCALE, "stopped after %.1fs" % took
         assert d.log_lines()[-1].get("msg") == "stopped", "last log line: %s" % d.log_lines()[-1]
         assert not d.find_log(msg="stopping with work in flight"), "work was cut short"
-        assert d.find_log(msg="left the consumer group"), "no clean group exit in the log"
+        assert d.find_log(msg="kafka: consumer closed"), "no clean group exit in the log"
         first = stats_line(d)
         vdtest.log("SIGTERM at %d outcomes; stopped in %.2fs; first run: %s"
                    % (before, took, first))
