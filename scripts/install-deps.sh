@@ -9,6 +9,7 @@ packages=(
   libjansson-dev libinih-dev libhttp-parser-dev
   libcmocka-dev                               # unit tests
   redis-server redis-tools kcat python3       # integration tests and the demo
+  clang libclang-rt-14-dev                    # fuzzing the event decoder (libFuzzer)
 )
 
 missing=()

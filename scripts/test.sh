@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test: installs the Debian packages, builds (warnings are errors), runs the unit
 # and integration tests with CTest, then builds again with AddressSanitizer and
-# UndefinedBehaviorSanitizer and runs the whole suite once more on that build.
+# UndefinedBehaviorSanitizer and runs the whole suite once more on that build, and fuzzes
+# the event decoder for VD_FUZZ_SECONDS (default 30).
 # Usage: scripts/test.sh [--no-asan] [ctest args...]     e.g. scripts/test.sh -R it.test_match
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,5 +30,6 @@ if [ $asan -eq 1 ]; then
   export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:halt_on_error=1
   export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
   run_suite build-asan -DCMAKE_BUILD_TYPE=Debug -DVD_SANITIZE=ON
+  bash scripts/fuzz.sh "${VD_FUZZ_SECONDS:-30}"
 fi
 echo "== all tests passed in $(( $(date +%s) - start )) s"
