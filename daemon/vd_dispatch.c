@@ -214,7 +214,10 @@ static void dead_letter(struct job *j, const char *error) {
                              "payload", payload_string(j->payload, j->len), "truncated",
                              j->len > DEADLETTER_PAYLOAD_MAX);
     d->stats.rejected++;
-    vd_info("rejected %s[%d]@%lld: %s", topic, (int)j->partition, (long long)j->offset, error);
+    /* The error may quote the offending value, which could be anything a resident typed: the
+     * log names only the field; the full sentence goes to the dead-letter topic. */
+    vd_info("rejected %s[%d]@%lld: bad %.*s", topic, (int)j->partition, (long long)j->offset,
+            (int)strcspn(error, ":"), error);
     produce(j, VD_OUT_DEADLETTER, id, "vd.input.rejected", id, data);
 }
 
