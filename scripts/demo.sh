@@ -29,26 +29,20 @@ source "$ROOT/scripts/lib.sh"
 volunteers=${VD_DEMO_VOLUNTEERS:-3000}
 requests=${VD_DEMO_REQUESTS:-1000}
 seed=${VD_DEMO_SEED:-1}
-keep=${VD_DEMO_KEEP:-0}
+VD_KEEP=${VD_DEMO_KEEP:-0}
 no_install=${VD_DEMO_NO_INSTALL:-0}
 timeout=${VD_DEMO_TIMEOUT:-180}
 build=${VD_BUILD_DIR:-$ROOT/build}
-extra_set=()
-for kv in ${VD_DEMO_SET:-}; do
-  [[ $kv =~ ^[a-z_]+\.[A-Za-z0-9_.-]+=.*$ ]] || { echo "demo: error: VD_DEMO_SET entry '$kv' is not section.key=value" >&2; exit 2; }
-  extra_set+=(--set "$kv")
-done
+vd_set_args VD_DEMO_SET
 
-usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
-need_arg() { if [ $# -lt 2 ] || [ -z "$2" ]; then vd_die "$1 needs a value (see --help)"; fi; }
 while [ $# -gt 0 ]; do
   case "$1" in
-    --volunteers) need_arg "$@"; volunteers=$2; shift 2 ;;
-    --requests) need_arg "$@"; requests=$2; shift 2 ;;
-    --seed) need_arg "$@"; seed=$2; shift 2 ;;
-    --keep) keep=1; shift ;;
+    --volunteers) vd_need_arg "$@"; volunteers=$2; shift 2 ;;
+    --requests) vd_need_arg "$@"; requests=$2; shift 2 ;;
+    --seed) vd_need_arg "$@"; seed=$2; shift 2 ;;
+    --keep) VD_KEEP=1; shift ;;
     --no-install) no_install=1; shift ;;
-    -h|--help) usage; exit 0 ;;
+    -h|--help) vd_usage; exit 0 ;;
     *) vd_die "unknown option '$1' (see --help)" ;;
   esac
 done
@@ -59,40 +53,9 @@ done
 [ "$requests" -ge 4 ] || vd_die "--requests must be at least 4"
 
 # ---- clean-up: whatever happens, stop what we started and remove the temp dir ----------------
+# (kept on request, and after a failure, for its logs; not after an interrupt)
 
-tmp=""
-redis_pid=""
-mock_pid=""
-daemon_pid=""
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  vd_stop "$daemon_pid" vdispatchd 12 || true   # first, while Kafka and Redis are still up
-  exec 7>&-                                     # the Kafka mock's stdin: EOF makes it exit
-  vd_stop "$mock_pid" vd-kafka-mock 5 || true
-  vd_stop "$redis_pid" redis-server 5 || true
-  if [ -n "$tmp" ] && [ -d "$tmp" ]; then
-    # Kept on request, and after a failure (for its logs); not after an interrupt.
-    if [ "$keep" = 1 ] || { [ $rc -ne 0 ] && [ $rc -ne 130 ] && [ $rc -ne 143 ]; }; then
-      echo "demo: kept $tmp (daemon.log, redis.log, kafka-mock.err, topics/*.jsonl)"
-    else
-      rm -rf "$tmp"
-    fi
-  fi
-  exit $rc
-}
-trap cleanup EXIT
-trap 'echo; echo "demo: interrupted" >&2; exit 130' INT
-trap 'echo "demo: terminated" >&2; exit 143' TERM
-
-# Shows the end of a log file, for error messages.
-show_tail() {
-  local file=$1 n=${2:-20}
-  [ -s "$file" ] || return 0
-  echo "---- last lines of $file ----" >&2
-  tail -n "$n" "$file" >&2
-  echo "----" >&2
-}
+vd_stack_cleanup_on_exit "daemon.log, redis.log, kafka-mock.err, topics/*.jsonl"
 
 # ---- 1. packages and build ---------------------------------------------------------------------
 
@@ -102,104 +65,31 @@ else
   vd_say "checking packages (scripts/install-deps.sh)"
   bash "$ROOT/scripts/install-deps.sh" || vd_die "installing packages failed (see above)"
 fi
-for tool in cmake redis-server redis-cli kcat python3 awk mkfifo timeout; do
-  command -v "$tool" >/dev/null || vd_die "'$tool' is not installed (run scripts/install-deps.sh)"
-done
-
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/vdispatch-demo.XXXXXX") || vd_die "cannot create a temp dir"
-tmp=$(cd "$tmp" && pwd -P)   # as Redis reports it
-mkdir -p "$tmp/topics"
-
-vd_say "building (Release) in $build"
-jobs=$(nproc 2>/dev/null || echo 2)
-if ! cmake -S "$ROOT" -B "$build" -DCMAKE_BUILD_TYPE=Release >"$tmp/build.log" 2>&1 ||
-   ! cmake --build "$build" -j "$jobs" >>"$tmp/build.log" 2>&1; then
-  tail -n 40 "$tmp/build.log" >&2
-  vd_die "the build failed (output above; all of it in $tmp/build.log)"
-fi
-for b in vdispatchd vd-kafka-mock vd-produce; do
-  [ -x "$build/$b" ] || vd_die "the build did not produce $build/$b"
-done
+vd_need_tools cmake redis-server redis-cli kcat python3 awk mkfifo timeout
+vd_make_tmp demo
+tmp=$VD_TMP
+vd_build "$ROOT" "$build"
 vd_say "working in $tmp"
 
 # ---- 2. Redis: our own, on a free loopback port ------------------------------------------------
 
-redis_port=""
-redis_up() {  # our server answers and reports our temp dir (not another Redis on that port)
-  vd_alive "$redis_pid" || return 0
-  timeout 2 redis-cli -p "$1" config get dir 2>/dev/null | grep -qxF "$tmp"
-}
-for attempt in 1 2 3 4 5 6 7 8; do
-  port=$(vd_free_port)
-  redis-server --bind 127.0.0.1 --port "$port" --dir "$tmp" --save '' --appendonly no \
-    --daemonize no --logfile "$tmp/redis.log" 7>&- &
-  redis_pid=$!
-  if vd_wait_until 5 0.1 redis_up "$port" && vd_alive "$redis_pid" &&
-     timeout 2 redis-cli -p "$port" config get dir 2>/dev/null | grep -qxF "$tmp"; then
-    redis_port=$port
-    break
-  fi
-  vd_stop "$redis_pid" redis-server 3 || true
-  redis_pid=""
-  vd_say "redis-server could not use port $port (attempt $attempt); trying another"
-done
-[ -n "$redis_port" ] || { show_tail "$tmp/redis.log"; vd_die "redis-server did not start (see $tmp/redis.log)"; }
-rcli() { redis-cli -p "$redis_port" "$@"; }
-vd_say "redis-server $(redis-server --version | awk '{print $3}' | cut -d= -f2) on 127.0.0.1:$redis_port (pid $redis_pid)"
+vd_start_redis
+rcli() { redis-cli -p "$VD_REDIS_PORT" "$@"; }
 
 # ---- 3. Kafka: the embedded mock cluster, its stdin a fifo we hold open ---------------------
 
-mkfifo "$tmp/kafka-mock.in"
-"$build/vd-kafka-mock" \
-  --topic vd.requests:4 --topic vd.volunteers:4 --topic vd.responses:4 \
-  --topic vd.assignments:2 --topic vd.notifications:2 --topic vd.deadletter:2 \
-  <"$tmp/kafka-mock.in" >"$tmp/kafka-mock.out" 2>"$tmp/kafka-mock.err" &
-mock_pid=$!
-exec 7>"$tmp/kafka-mock.in"
-if ! vd_wait_until 20 0.1 grep -qx ready "$tmp/kafka-mock.out"; then
-  show_tail "$tmp/kafka-mock.err"
-  vd_alive "$mock_pid" || vd_die "vd-kafka-mock exited before it was ready (see above)"
-  vd_die "vd-kafka-mock was not ready within 20 s"
-fi
-brokers=$(sed -n 's/^bootstrap=//p' "$tmp/kafka-mock.out" | head -n 1)
-[ -n "$brokers" ] || vd_die "vd-kafka-mock printed no bootstrap= line (see $tmp/kafka-mock.out)"
-vd_say "Kafka mock cluster at $brokers (pid $mock_pid)"
+vd_start_kafka_mock "$build" vd.requests:4 vd.volunteers:4 vd.responses:4 \
+  vd.assignments:2 vd.notifications:2 vd.deadletter:2
+brokers=$VD_BROKERS
+vd_say "Kafka mock cluster at $brokers (pid $VD_MOCK_PID)"
 
 # ---- 4. the daemon -------------------------------------------------------------------------------
 
-cat >"$tmp/vdispatch.conf" <<EOF
-; vdispatch demo configuration (generated by scripts/demo.sh)
-[kafka]
-brokers = $brokers
-group_id = vdispatch-demo
-[redis]
-host = 127.0.0.1
-port = $redis_port
-[matching]
-offer_timeout_ms = 0
-[http]
-listen =
-[log]
-level = info
-format = json
-file = $tmp/daemon.log
-EOF
-"$build/vdispatchd" -c "$tmp/vdispatch.conf" "${extra_set[@]}" --check-config >"$tmp/check-config.out" 2>&1 ||
-  { cat "$tmp/check-config.out" >&2; vd_die "vdispatchd rejected the demo config $tmp/vdispatch.conf"; }
-"$build/vdispatchd" -c "$tmp/vdispatch.conf" "${extra_set[@]}" >"$tmp/daemon.out" 2>&1 7>&- &
-daemon_pid=$!
-daemon_ready() {  # also true when the daemon has exited: no point waiting
-  vd_alive "$daemon_pid" || return 0
-  grep -q '"msg":"ready' "$tmp/daemon.log" 2>/dev/null
-}
-vd_wait_until 30 0.1 daemon_ready || true
-if ! grep -q '"msg":"ready' "$tmp/daemon.log" 2>/dev/null; then
-  show_tail "$tmp/daemon.log"
-  show_tail "$tmp/daemon.out"
-  vd_alive "$daemon_pid" || vd_die "vdispatchd exited during start-up (see above)"
-  vd_die "vdispatchd did not log 'ready' within 30 s (see above)"
-fi
-vd_say "vdispatchd ready (pid $daemon_pid; log $tmp/daemon.log${VD_DEMO_SET:+; with $VD_DEMO_SET})"
+vd_write_config demo vdispatch-demo "" info
+vd_check_config "$build" demo "${VD_SET_ARGS[@]}"
+daemon_logged_ready() { grep -q '"msg":"ready' "$tmp/daemon.log" 2>/dev/null; }
+vd_start_daemon "$build" 0.1 "did not log 'ready'" daemon_logged_ready "${VD_SET_ARGS[@]}"
+vd_say "vdispatchd ready (pid $VD_DAEMON_PID; log $tmp/daemon.log${VD_DEMO_SET:+; with $VD_DEMO_SET})"
 
 # ---- 5. the scenario --------------------------------------------------------------------------
 
@@ -240,13 +130,13 @@ pool_status() {
   return $all_ok
 }
 pools_ready() {
-  vd_alive "$daemon_pid" || return 0
+  vd_alive "$VD_DAEMON_PID" || return 0
   pool_status >/dev/null
 }
 vd_wait_until 60 0.25 pools_ready || true
-vd_alive "$daemon_pid" || { show_tail "$tmp/daemon.log"; vd_die "vdispatchd exited while taking volunteers (see above)"; }
+vd_alive "$VD_DAEMON_PID" || { vd_show_tail "$tmp/daemon.log"; vd_die "vdispatchd exited while taking volunteers (see above)"; }
 if ! status=$(pool_status); then
-  show_tail "$tmp/daemon.log"
+  vd_show_tail "$tmp/daemon.log"
   vd_die "the daemon did not index all volunteers within 60 s: $status"
 fi
 vd_say "volunteer pools ready: $status"
@@ -265,8 +155,8 @@ dump vd.requests "$tmp/topics/requests.jsonl" || vd_die "kcat could not read vd.
 deadline=$(awk -v t="$t_req" -v d="$timeout" 'BEGIN { printf "%.3f", t + d }')
 last=""
 while :; do
-  if ! vd_alive "$daemon_pid"; then
-    show_tail "$tmp/daemon.log"
+  if ! vd_alive "$VD_DAEMON_PID"; then
+    vd_show_tail "$tmp/daemon.log"
     vd_die "vdispatchd exited while matching requests (see above)"
   fi
   dump vd.assignments "$tmp/topics/assignments.jsonl" & d1=$!
@@ -286,7 +176,7 @@ while :; do
     if [ $rc -eq 0 ] && [ "$total_n" -eq "$requests" ]; then break; fi
   fi
   if awk -v n="$(date +%s.%N)" -v d="$deadline" 'BEGIN { exit !(n >= d) }'; then
-    show_tail "$tmp/daemon.log"
+    vd_show_tail "$tmp/daemon.log"
     vd_die "timed out after ${timeout} s: ${done_n:-0} of ${total_n:-?} requests found on vd.requests have an outcome on vd.assignments, $requests expected (daemon log above; raise VD_DEMO_TIMEOUT if the machine is slow)"
   fi
   sleep 0.5
@@ -318,20 +208,18 @@ python3 "$ROOT/scripts/summary.py" "$tmp/topics/requests.jsonl" "$tmp/topics/ass
 echo
 
 t_stop=$(date +%s.%N)
-vd_stop "$daemon_pid" vdispatchd 12
+vd_stop "$VD_DAEMON_PID" vdispatchd 12
 daemon_rc=$VD_STOP_RC
-daemon_pid=""
+VD_DAEMON_PID=""
 stop_s=$(awk -v a="$t_stop" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
 if [ "$daemon_rc" != 0 ]; then
-  show_tail "$tmp/daemon.log"
+  vd_show_tail "$tmp/daemon.log"
   vd_say "vdispatchd exited with status $daemon_rc on SIGTERM (expected 0); log above"
-  keep=1
+  VD_KEEP=1
 else
   vd_say "vdispatchd stopped cleanly in ${stop_s} s"
 fi
-exec 7>&-
-vd_stop "$mock_pid" vd-kafka-mock 5; mock_pid=""
-vd_stop "$redis_pid" redis-server 5; redis_pid=""
+vd_stop_stack
 errors=$(grep -c '"level":"error"' "$tmp/daemon.log" || true)
 [ "$errors" = 0 ] || vd_say "note: the daemon logged $errors error line(s); see $tmp/daemon.log"
 # The run is a failure if outcomes contradict each other or the scenario's designed outcomes
@@ -351,7 +239,7 @@ EOF
 )
 if [ -n "$problems" ]; then
   vd_say "FAILED checks: $problems (details in $tmp)"
-  keep=1
+  VD_KEEP=1
   exit 1
 fi
 vd_say "done in $(vd_elapsed) s"
