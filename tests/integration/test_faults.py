@@ -27,8 +27,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import vdtest  # noqa: E402
-from test_ops import (Stream, http_get, listen_config, load_volunteers, metrics,  # noqa: E402
-                      outcome_events, requests, volunteers, wait_all_outcomes)
+from test_ops import (Stream, load_volunteers, outcome_events, requests,  # noqa: E402
+                      volunteers, wait_all_outcomes)
+from vdtest import http_get, listen_config, metrics  # noqa: E402
 
 PREFIX = "vd:"
 
@@ -152,21 +153,47 @@ def _matches(port):
     return metrics(port)["vd_matches_total"]
 
 
+def start_stream(env, config=None, n_volunteers=300, n_requests=400, spread_m=900,
+                 n_streamed=None, outcomes=100):
+    """A daemon (/metrics on a free port, log.level info, plus config) with n_volunteers in its
+    pool, and a steady stream of the first n_streamed (default: all) of n_requests requests
+    at them; returns (daemon, HTTP port, requests, stream) once `outcomes` are matched."""
+    listen, port = listen_config()
+    cfg = {"http.listen": listen, "log.level": "info"}
+    cfg.update(config or {})
+    d = env.daemon(cfg)
+    load_volunteers(env, volunteers(n_volunteers))
+    reqs = requests(n_requests, spread_m=spread_m)
+    stream = Stream(env, "requests", reqs[:n_streamed], batch=8, pause_s=0.1)
+    env.wait_for(lambda: _matches(port) >= outcomes, timeout=60, interval=0.01,
+                 what="%d outcomes" % outcomes)
+    return d, port, reqs, stream
+
+
+def finish_stream(env, stream, rids):
+    """Waits for the stream to end and for an outcome of every request, and a second more
+    (anything republished late shows up then)."""
+    stream.wait()
+    wait_all_outcomes(env, rids, timeout=120)
+    time.sleep(1)
+
+
+def check_all_and_stop(env, d, rids):
+    """check_outcomes() and check_redis(), then a graceful stop with exit status 0."""
+    _, chosen = check_outcomes(env, rids)
+    check_redis(env.redis, chosen)
+    assert d.stop() == 0
+
+
 # --------------------------------------------------------------------------------------------
 # 1. kill -9 mid-stream, twice
 
 def test_kill9_mid_stream():
     with vdtest.Env() as env:
-        listen, port = listen_config()
-        d = env.daemon({"http.listen": listen, "log.level": "info"})
-        load_volunteers(env, volunteers(400))
-        reqs = requests(600, spread_m=1100)
-        rids = _rids(reqs)
-
         # Kill 1: a steady stream, after ~150 outcomes.
-        stream = Stream(env, "requests", reqs[:300], batch=8, pause_s=0.1)
-        env.wait_for(lambda: _matches(port) >= 150, timeout=60, interval=0.01,
-                     what="150 outcomes")
+        d, port, reqs, stream = start_stream(env, n_volunteers=400, n_requests=600,
+                                             spread_m=1100, n_streamed=300, outcomes=150)
+        rids = _rids(reqs)
         d.kill()
         vdtest.log("kill -9 #1 with %d of 300 streamed requests produced" % stream.produced)
         assert stream.produced < 300, "the stream was over before the kill"
@@ -195,9 +222,7 @@ def test_kill9_mid_stream():
         republished = d.find_log(msg="publishing the recorded outcome again")
         vdtest.log("the last run republished %d recorded outcomes, resumed %d searches"
                    % (len(republished), len(d.find_log(msg="resuming a search"))))
-        evs, chosen = check_outcomes(env, rids)
-        check_redis(env.redis, chosen)
-        assert d.stop() == 0
+        check_all_and_stop(env, d, rids)
 
 
 # --------------------------------------------------------------------------------------------
@@ -209,14 +234,8 @@ def test_redis_outage():
     # daemon.max_inflight is small so that the requests arriving meanwhile fill it: intake
     # must pause (and resume afterwards) instead of piling up in memory.
     with vdtest.Env(redis_args=("--appendonly", "yes")) as env:
-        listen, port = listen_config()
-        d = env.daemon({"http.listen": listen, "log.level": "info", "daemon.max_inflight": 40})
-        load_volunteers(env, volunteers(300))
-        reqs = requests(400, spread_m=900)
+        d, port, reqs, stream = start_stream(env, {"daemon.max_inflight": 40})
         rids = _rids(reqs)
-        stream = Stream(env, "requests", reqs, batch=8, pause_s=0.1)
-        env.wait_for(lambda: _matches(port) >= 100, timeout=60, interval=0.01,
-                     what="100 outcomes")
 
         env.redis.kill()
         t_down = time.monotonic()
@@ -246,9 +265,7 @@ def test_redis_outage():
         assert env.redis.cmd("ZCARD", PREFIX + "pool:city") > 0, "Redis came back empty"
         env.wait_for(lambda: http_get(port, "/readyz")[0] == 200, timeout=30,
                      what="/readyz 200 after the restart")
-        stream.wait()
-        wait_all_outcomes(env, rids, timeout=120)
-        time.sleep(1)
+        finish_stream(env, stream, rids)
 
         assert d.running(), "the daemon exited (%s)" % d.returncode
         # The loss shows as "connection lost" (or, when Redis died with commands unread, as a
@@ -264,9 +281,7 @@ def test_redis_outage():
         assert m["vd_redis_reconnects_total"] >= 1 and m["vd_redis_up"] == 1, m
         assert m["vd_intake_paused"] == 0, "intake still paused"
         assert d.find_log(msg="intake resumed"), "no 'intake resumed' line"
-        evs, chosen = check_outcomes(env, rids)
-        check_redis(env.redis, chosen)
-        assert d.stop() == 0
+        check_all_and_stop(env, d, rids)
 
 
 def test_redis_crash_with_unread_commands():
@@ -317,15 +332,8 @@ def test_redis_crash_with_unread_commands():
 
 def test_redis_stall():
     with vdtest.Env() as env:
-        listen, port = listen_config()
-        d = env.daemon({"http.listen": listen, "log.level": "info",
-                        "redis.command_timeout_ms": 500})
-        load_volunteers(env, volunteers(300))
-        reqs = requests(400, spread_m=900)
+        d, port, reqs, stream = start_stream(env, {"redis.command_timeout_ms": 500})
         rids = _rids(reqs)
-        stream = Stream(env, "requests", reqs, batch=8, pause_s=0.1)
-        env.wait_for(lambda: _matches(port) >= 100, timeout=60, interval=0.01,
-                     what="100 outcomes")
 
         env.redis.proc.send_signal(signal.SIGSTOP)
         t0 = time.monotonic()
@@ -341,17 +349,13 @@ def test_redis_stall():
 
         env.wait_for(lambda: d.find_log(msg="after reconnect"), timeout=30,
                      what="a reconnect after the stall")
-        stream.wait()
-        wait_all_outcomes(env, rids, timeout=120)
-        time.sleep(1)
+        finish_stream(env, stream, rids)
         m = metrics(port)
         vdtest.log("timeouts %d, reconnects %d, retries %d" % (
             m["vd_redis_timeouts_total"], m["vd_redis_reconnects_total"],
             m["vd_redis_retries_total"]))
         assert m["vd_redis_timeouts_total"] >= 1 and m["vd_redis_reconnects_total"] >= 1, m
-        evs, chosen = check_outcomes(env, rids)
-        check_redis(env.redis, chosen)
-        assert d.stop() == 0
+        check_all_and_stop(env, d, rids)
 
 
 # --------------------------------------------------------------------------------------------
@@ -359,14 +363,8 @@ def test_redis_stall():
 
 def test_kafka_outage():
     with vdtest.Env() as env:
-        listen, port = listen_config()
-        d = env.daemon({"http.listen": listen, "log.level": "info"})
-        load_volunteers(env, volunteers(300))
-        reqs = requests(400, spread_m=900)
+        d, port, reqs, stream = start_stream(env)
         rids = _rids(reqs)
-        stream = Stream(env, "requests", reqs, batch=8, pause_s=0.1)
-        env.wait_for(lambda: _matches(port) >= 100, timeout=60, interval=0.01,
-                     what="100 outcomes")
 
         for broker in (1, 2, 3):
             env.kafka.command("down %d" % broker)
@@ -378,13 +376,9 @@ def test_kafka_outage():
         vdtest.log("brokers down 5s with %d of %d requests produced" % (at_down, len(reqs)))
         assert at_down < len(reqs), "the stream was over before the outage"
 
-        stream.wait()
-        wait_all_outcomes(env, rids, timeout=120)
-        time.sleep(1)
+        finish_stream(env, stream, rids)
         assert d.running(), "the daemon exited (%s)" % d.returncode
-        evs, chosen = check_outcomes(env, rids)
-        check_redis(env.redis, chosen)
-        assert d.stop() == 0
+        check_all_and_stop(env, d, rids)
 
 
 if __name__ == "__main__":

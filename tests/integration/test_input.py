@@ -12,10 +12,10 @@ import os
 import random
 import sys
 import time
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import vdtest  # noqa: E402
+from vdtest import metrics  # noqa: E402
 
 LAT, LON = vdtest.HOHHOT
 INPUT_KINDS = ("requests", "volunteers", "responses")
@@ -61,19 +61,6 @@ def expected_payload(raw):
         size += ln
         i += ln
     return "".join(out), n > PAYLOAD_MAX
-
-
-def metrics(port):
-    """The daemon's /metrics as {series: value}."""
-    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=5) as r:
-        text = r.read().decode("utf-8")
-    out = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        name, value = line.rsplit(" ", 1)
-        out[name] = float(value)
-    return out
 
 
 def input_positions(env, kind, min_count):
@@ -349,9 +336,9 @@ def test_bad_input_interleaved_with_good():
     cases = bad_cases()
     names = [c[0] for c in cases]
     assert len(set(names)) == len(names) and len(cases) >= 35, len(cases)
-    port = vdtest.free_port()
+    listen, port = vdtest.listen_config()
     with vdtest.Env() as env:
-        d = env.daemon({"http.listen": "127.0.0.1:%d" % port})
+        d = env.daemon({"http.listen": listen})
         bad = {k: [] for k in INPUT_KINDS}  # kind -> [(key, value)]
         case_by_key = {}
         for name, kind, value, err in cases:
@@ -510,9 +497,9 @@ def _flood_bad(i):
 
 def test_flood_of_bad_input_then_good():
     n_bad, n_good = 2000, 20
-    port = vdtest.free_port()
+    listen, port = vdtest.listen_config()
     with vdtest.Env() as env:
-        d = env.daemon({"http.listen": "127.0.0.1:%d" % port})
+        d = env.daemon({"http.listen": listen})
         vols = [vdtest.volunteer_available("vol-fl-%d" % i,
                                            *vdtest.offset_m(LAT, LON, 15 * i, -10 * i))
                 for i in range(n_good)]

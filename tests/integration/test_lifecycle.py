@@ -10,10 +10,10 @@ when the daemon dies before Kafka has them.
 import os
 import sys
 import time
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import vdtest  # noqa: E402
+from vdtest import metrics  # noqa: E402
 
 LAT, LON = vdtest.HOHHOT
 POOL = "vd:pool:city"
@@ -29,24 +29,11 @@ def place(area, north=0.0, east=0.0):
 
 
 def start(env, **config):
-    port = vdtest.free_port()
-    cfg = {"http.listen": "127.0.0.1:%d" % port}
+    """A daemon with /metrics on a free port (metrics(d) reads it)."""
+    listen, _ = vdtest.listen_config()
+    cfg = {"http.listen": listen}
     cfg.update(config)
-    d = env.daemon(cfg)
-    d.metrics_port = port
-    return d
-
-
-def metrics(d):
-    """The daemon's /metrics as {series: value}."""
-    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % d.metrics_port, timeout=5) as r:
-        text = r.read().decode("utf-8")
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            out[name] = float(value)
-    return out
+    return env.daemon(cfg)
 
 
 def wait_metric(env, d, name, value, timeout=30):

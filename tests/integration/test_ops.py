@@ -16,7 +16,6 @@ Runs the real vdispatchd against the harness's redis-server and Kafka mock (see 
 """
 
 import http.client
-import json
 import math
 import os
 import random
@@ -29,48 +28,13 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import vdtest  # noqa: E402
+from vdtest import http_get, json_records, listen_config, metrics, parse_metrics  # noqa: E402
 
-OUTCOME_TYPES = ("vd.assignment.confirmed", "vd.request.unmatched")
 STOP_BUDGET_S = 10.0  # the contract's bound on a graceful stop
 
 
 # --------------------------------------------------------------------------------------------
 # Helpers
-
-def http_get(port, path, timeout=5.0):
-    """GET http://127.0.0.1:port/path; returns (status, content type, body text)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        body = resp.read().decode("utf-8", "replace")
-        return resp.status, resp.getheader("Content-Type", ""), body
-    finally:
-        conn.close()
-
-
-def parse_metrics(text):
-    """Prometheus text -> {"name" or "name{labels}": value}."""
-    out = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        name, value = line.rsplit(" ", 1)
-        out[name] = float(value)
-    return out
-
-
-def metrics(port):
-    status, _, body = http_get(port, "/metrics")
-    assert status == 200, "/metrics answered %d: %s" % (status, body)
-    return parse_metrics(body)
-
-
-def listen_config():
-    """An http.listen value on a free loopback port, and the port."""
-    port = vdtest.free_port()
-    return "127.0.0.1:%d" % port, port
-
 
 def grid_points(n, spacing_m=100.0):
     """n points on a square grid centred on Hohhot."""
@@ -142,11 +106,7 @@ class Stream:
 
 def outcome_events(env):
     """Every outcome event on the assignments topic, as {request_id: [event, ...]}."""
-    by_req = {}
-    for ev in env.events("assignments"):
-        if ev.get("type") in OUTCOME_TYPES:
-            by_req.setdefault(ev["data"]["request_id"], []).append(ev)
-    return by_req
+    return vdtest.outcomes(env.events("assignments"))
 
 
 def wait_all_outcomes(env, rids, timeout=90.0):
@@ -525,23 +485,6 @@ def test_sigterm_redis_down():
 # --------------------------------------------------------------------------------------------
 # 4. SIGHUP reopens the log file
 
-def _file_records(path):
-    """The JSON lines of a log file, parsed ([] while it does not exist)."""
-    out = []
-    try:
-        with open(path) as f:
-            for line in f:
-                line = line.strip()
-                if line.startswith("{"):
-                    try:
-                        out.append(json.loads(line))
-                    except ValueError:
-                        pass
-    except FileNotFoundError:
-        pass
-    return out
-
-
 def test_sighup_reopens_log():
     with vdtest.Env() as env:
         d = env.daemon(start=False, wait=False)
@@ -549,34 +492,34 @@ def test_sighup_reopens_log():
         d.config["log.file"] = path
         d.start()
         env.wait_for(lambda: any(str(r.get("msg", "")).startswith("ready")
-                                 for r in _file_records(path)),
+                                 for r in json_records(path)),
                      timeout=30 * vdtest.TIMEOUT_SCALE, what="ready in d.log")
         assert not d.log_lines(), "log lines on stderr with log.file set: %s" % d.log_lines()[:3]
 
         rotated = path + ".1"
         os.rename(path, rotated)
-        n_old = len(_file_records(rotated))
+        n_old = len(json_records(rotated))
         d.send_signal(signal.SIGHUP)
         env.wait_for(lambda: os.path.exists(path), timeout=5, what="a new d.log")
-        env.wait_for(lambda: any(r.get("msg") == "log reopened" for r in _file_records(path)),
+        env.wait_for(lambda: any(r.get("msg") == "log reopened" for r in json_records(path)),
                      timeout=5, what="'log reopened' in the new d.log")
         assert d.running(), "SIGHUP stopped the daemon"
 
         # New work is logged to the new file only.
         env.send("volunteers", [vdtest.volunteer_available("vol-hup", *vdtest.HOHHOT)])
-        env.wait_for(lambda: any("vol-hup" in str(r.get("msg")) for r in _file_records(path)),
+        env.wait_for(lambda: any("vol-hup" in str(r.get("msg")) for r in json_records(path)),
                      timeout=20, what="a line about vol-hup in the new d.log")
-        old = _file_records(rotated)
+        old = json_records(rotated)
         assert not any("vol-hup" in str(r.get("msg")) for r in old), "written to the old file"
         vdtest.log("rotated file: %d lines before SIGHUP, %d now" % (n_old, len(old)))
 
         # A second rotation works the same way.
         os.rename(path, path + ".2")
         d.send_signal(signal.SIGHUP)
-        env.wait_for(lambda: any(r.get("msg") == "log reopened" for r in _file_records(path)),
+        env.wait_for(lambda: any(r.get("msg") == "log reopened" for r in json_records(path)),
                      timeout=5, what="'log reopened' after the second rotation")
         assert d.stop() == 0
-        assert _file_records(path)[-1].get("msg") == "stopped", _file_records(path)[-3:]
+        assert json_records(path)[-1].get("msg") == "stopped", json_records(path)[-3:]
 
 
 # --------------------------------------------------------------------------------------------

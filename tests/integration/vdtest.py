@@ -15,6 +15,9 @@ and the real daemon (build/vdispatchd), feeds them CloudEvents and reads what co
     if __name__ == "__main__":
         vdtest.main(globals())
 
+The daemon's HTTP edge: listen_config() for a free http.listen, http_get(), metrics() (its
+/metrics as {series: value}).
+
 Environment: VD_BUILD (build dir, default <source>/build), VD_SOURCE (source dir, default two
 levels up from this file), VD_DAEMON_WRAPPER (e.g. "valgrind --error-exitcode=99"), which also
 scales the daemon timeouts by 4 unless VD_TIMEOUT_SCALE says otherwise, VD_KEEP_TMP=1 (keep the
@@ -26,6 +29,7 @@ Kafka mock exits when its stdin pipe closes.
 
 import atexit
 import ctypes
+import http.client
 import json
 import math
 import os
@@ -185,13 +189,34 @@ def _stop_process(proc, sig=signal.SIGTERM, timeout=10):
     return proc.returncode
 
 
-def _tail(path, n=40):
+def read_text(path):
+    """The text of a file (UTF-8, undecodable bytes replaced); "" when it cannot be read."""
     try:
         with open(path, "rb") as f:
-            lines = f.read().decode("utf-8", "replace").splitlines()
-    except OSError:
+            return f.read().decode("utf-8", "replace")
+    except (OSError, TypeError):
         return ""
-    return "\n".join(lines[-n:])
+
+
+def json_records(path):
+    """The lines of a log file that are JSON objects, parsed; other lines are skipped ([] while
+    the file does not exist)."""
+    out = []
+    for line in read_text(path).splitlines():
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict):
+            out.append(rec)
+    return out
+
+
+def _tail(path, n=40):
+    return "\n".join(read_text(path).splitlines()[-n:])
 
 
 def _binary(name):
@@ -208,6 +233,23 @@ def _mkdtemp(prefix):
 def _rmtree(path):
     if path and not KEEP_TMP:
         shutil.rmtree(path, ignore_errors=True)
+
+
+class _Owned:
+    """A process this module started (self.proc) with its temp dir (self.dir): registered for
+    cleanup_all() until close()d. Subclasses define stop(); _cleanup() stops and removes
+    the dir."""
+
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def _cleanup(self):
+        self.stop()
+        _rmtree(self.dir)
+
+    def close(self):
+        _unregister(self)
+        self._cleanup()
 
 
 def free_port():
@@ -332,7 +374,7 @@ class RespConnection:
         raise ConnectionError("bad RESP reply line %r" % line)
 
 
-class Redis:
+class Redis(_Owned):
     """A redis-server on a free loopback port, in its own temp dir, without persistence."""
 
     def __init__(self, port=None, args=(), start=True):
@@ -418,9 +460,6 @@ class Redis:
             self._drop_conn()
             raise
 
-    def running(self):
-        return self.proc is not None and self.proc.poll() is None
-
     def stop(self, timeout=10.0):
         """SIGTERM and wait. Returns the exit status (None if it was not running)."""
         self._drop_conn()
@@ -449,14 +488,6 @@ class Redis:
         if down_s:
             time.sleep(down_s)
         self.start()
-
-    def _cleanup(self):
-        self.stop()
-        _rmtree(self.dir)
-
-    def close(self):
-        _unregister(self)
-        self._cleanup()
 
 
 # --------------------------------------------------------------------------------------------
@@ -553,7 +584,7 @@ class ProduceJob:
         self._thread.join(10)
 
 
-class Kafka:
+class Kafka(_Owned):
     """The Kafka mock cluster (build/vd-kafka-mock) with the project's topics.
 
     topics: {name: partitions} or {name: (partitions, replication)}, replacing DEFAULT_TOPICS.
@@ -696,9 +727,6 @@ class Kafka:
                                  _short(m["value"])))
         return out
 
-    def running(self):
-        return self.proc is not None and self.proc.poll() is None
-
     def stop(self, timeout=10.0):
         """Asks the mock to quit (closing its stdin); returns its exit status."""
         for job in self._jobs:
@@ -722,14 +750,6 @@ class Kafka:
                 pass
         self._logf.close()
         return self.proc.returncode
-
-    def _cleanup(self):
-        self.stop()
-        _rmtree(self.dir)
-
-    def close(self):
-        _unregister(self)
-        self._cleanup()
 
 
 def _parse_kcat(topic, data):
@@ -767,7 +787,7 @@ def _ini_value(v):
     return str(v)
 
 
-class Daemon:
+class Daemon(_Owned):
     """build/vdispatchd with a generated config pointing at redis and kafka.
 
     config: {"section.key": value} overrides on top of the base config (None as a value
@@ -872,30 +892,18 @@ class Daemon:
     def returncode(self):
         return self.proc.poll() if self.proc else None
 
-    def running(self):
-        return self.proc is not None and self.proc.poll() is None
+    @property
+    def http_port(self):
+        """The port of the config's http.listen (host:port), None when HTTP is off."""
+        listen = self.config.get("http.listen") or ""
+        return int(listen.rsplit(":", 1)[1]) if ":" in listen else None
 
     def log_text(self):
-        try:
-            with open(self.log_path, "rb") as f:
-                return f.read().decode("utf-8", "replace")
-        except (OSError, TypeError):
-            return ""
+        return read_text(self.log_path)
 
     def log_lines(self):
         """The JSON log lines of the current (or last) run, parsed; other lines are skipped."""
-        out = []
-        for line in self.log_text().splitlines():
-            line = line.strip()
-            if not line.startswith("{"):
-                continue
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(rec, dict):
-                out.append(rec)
-        return out
+        return json_records(self.log_path)
 
     def find_log(self, predicate=None, msg=None, level=None):
         """Log records matching msg (a substring of "msg"), level and predicate(record)."""
@@ -970,9 +978,46 @@ class Daemon:
             _stop_process(self.proc, signal.SIGTERM, 10 * TIMEOUT_SCALE)
         _rmtree(self.dir)
 
-    def close(self):
-        _unregister(self)
-        self._cleanup()
+
+# --------------------------------------------------------------------------------------------
+# The daemon's HTTP edge: /metrics, /healthz, /readyz
+
+def listen_config():
+    """An http.listen value on a free loopback port, and the port."""
+    port = free_port()
+    return "127.0.0.1:%d" % port, port
+
+
+def http_get(port, path, timeout=5.0):
+    """GET http://127.0.0.1:port/path; returns (status, content type, body text)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        body = resp.read().decode("utf-8", "replace")
+        return resp.status, resp.getheader("Content-Type", ""), body
+    finally:
+        conn.close()
+
+
+def parse_metrics(text):
+    """Prometheus text -> {"name" or "name{labels}": value}."""
+    out = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name, value = line.rsplit(" ", 1)
+        out[name] = float(value)
+    return out
+
+
+def metrics(target):
+    """The daemon's /metrics as {"name" or "name{labels}": value}; target is the HTTP port or
+    a Daemon (its http.listen port). Fails unless /metrics answers 200."""
+    port = target.http_port if isinstance(target, Daemon) else target
+    status, _, body = http_get(port, "/metrics")
+    assert status == 200, "/metrics answered %d: %s" % (status, body)
+    return parse_metrics(body)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1067,6 +1112,18 @@ def send(kafka, topic_kind, events, partition=None):
         else:
             msgs.append((event_key(topic_kind, ev), ev))
     return kafka.produce(kafka.topic(topic_kind), msgs, partition=partition)
+
+
+OUTCOME_TYPES = ("vd.assignment.confirmed", "vd.request.unmatched")
+
+
+def outcomes(events):
+    """{request_id: [outcome events in the given order]} of the confirmed/unmatched events."""
+    out = {}
+    for e in events:
+        if e.get("type") in OUTCOME_TYPES:
+            out.setdefault(e["data"]["request_id"], []).append(e)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
