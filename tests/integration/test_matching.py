@@ -22,11 +22,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import vdtest  # noqa: E402
-from vdtest import HOHHOT, distance_m, offset_m, request_created, volunteer_available  # noqa: E402
+from vdtest import (HOHHOT, distance_m, offset_m, outcomes, request_created,  # noqa: E402
+                    volunteer_available)
 
 CONFIRMED = "vd.assignment.confirmed"
 UNMATCHED = "vd.request.unmatched"
-OUTCOME_TYPES = (CONFIRMED, UNMATCHED)
 WAIT = 60.0  # generous: a loaded machine (or a sanitizer build) is slow
 
 
@@ -108,15 +108,6 @@ def complete_tasks(env, pairs, timeout=WAIT):
                 if replies[2 * i] not in ("", None) or replies[2 * i + 1] is None]
         return ("still holding a task or not pooled: %s" % busy) if busy else None
     until(check, timeout, "completed volunteers back in the pool")
-
-
-def outcomes(events):
-    """{request_id: [outcome events in topic order]} of confirmed/unmatched events."""
-    out = {}
-    for e in events:
-        if e.get("type") in OUTCOME_TYPES:
-            out.setdefault(e["data"]["request_id"], []).append(e)
-    return out
 
 
 def wait_outcomes(env, expect, timeout=WAIT):
@@ -216,15 +207,18 @@ def expect_unmatched(got, rid, reason, filtered=None, count=1, **fields):
     return d
 
 
+def _hash(env, key):
+    flat = env.redis.cmd("HGETALL", key) or []
+    return dict(zip(flat[0::2], flat[1::2]))
+
+
 def vol(env, vid):
     """The vd:vol:<id> hash as a dict."""
-    flat = env.redis.cmd("HGETALL", "vd:vol:" + vid) or []
-    return dict(zip(flat[0::2], flat[1::2]))
+    return _hash(env, "vd:vol:" + vid)
 
 
 def req(env, rid):
-    flat = env.redis.cmd("HGETALL", "vd:req:" + rid) or []
-    return dict(zip(flat[0::2], flat[1::2]))
+    return _hash(env, "vd:req:" + rid)
 
 
 def in_pool(env, vid, event_id=None):
@@ -688,6 +682,17 @@ def _same_id_same_data(evs):
     return diffs
 
 
+def _copies_confirmed(got, rid, vid, n, distance):
+    """rid has n outcome events, each confirming vid at `distance` m (within 1 m); returns the
+    data of the first."""
+    evs = got[rid]
+    assert len(evs) == n, _show(evs)
+    for e in evs:
+        check_confirmed_event(e, rid, vid, within_radius=False)
+        near(e["data"]["distance_m"], distance)
+    return evs[0]["data"]
+
+
 def test_duplicate_requests():
     """The same vd.request.created twice in a row, then again with a new CloudEvents id: the
     same outcome every time (same volunteer, same event ids and offer_id, same distance), one
@@ -715,13 +720,9 @@ def test_duplicate_requests():
         env.send("requests", [_renew(e1), _renew(e2), _renew(e3), _renew(e4)])
         got = wait_outcomes(env, {"dp-r1": 3, "dp-r2": 6, "dp-r3": 3, "dp-r4": 3})
 
+        first = _copies_confirmed(got, "dp-r1", "dp-a", 3, 100.0)
         evs = got["dp-r1"]
-        assert len(evs) == 3, _show(evs)
-        for e in evs:
-            check_confirmed_event(e, "dp-r1", "dp-a", within_radius=False)
-            near(e["data"]["distance_m"], 100.0)
         assert len({e["data"]["offer_id"] for e in evs}) == 1, _show(evs)
-        first = got["dp-r1"][0]["data"]
         assert first["radius_m"] == 500 and first["candidates_considered"] == 2, first
         evs = got["dp-r2"]
         assert len(evs) == 6 and all(e["type"] == CONFIRMED for e in evs), _show(evs)
@@ -732,13 +733,9 @@ def test_duplicate_requests():
         assert len(evs) == 3 and all(e["type"] == UNMATCHED and e["id"] == "dp-r3/unmatched"
                                      for e in evs), _show(evs)
         assert evs[0]["data"]["reason"] == "no_volunteer_in_range", _show(evs)
-        evs = got["dp-r4"]
-        assert len(evs) == 3, _show(evs)
-        for e in evs:
-            check_confirmed_event(e, "dp-r4", "dp-f", within_radius=False)
-            near(e["data"]["distance_m"], 1500.0)
-        first = got["dp-r4"][0]["data"]
-        assert first["radius_m"] == 2000 and first["candidates_considered"] == 1, _show(evs)
+        first = _copies_confirmed(got, "dp-r4", "dp-f", 3, 1500.0)
+        assert first["radius_m"] == 2000 and first["candidates_considered"] == 1, _show(
+            got["dp-r4"])
 
         assert_held(env, "dp-a", "dp-r1")
         assert_free(env, "dp-b")
