@@ -309,5 +309,24 @@ def test_daemon_stand_in():
     _assert_gone(pids)
 
 
+def test_sanitizer_report_fails_the_test():
+    """A daemon whose stderr carries a sanitizer report makes its Env fail on the way out."""
+    report = ("import sys; print('==1==ERROR: LeakSanitizer: detected memory leaks', "
+              "file=sys.stderr); sys.exit(0)")
+    env = vdtest.Env()
+    try:
+        d = env.daemon(binary=[sys.executable, "-c", report], wait=False)
+        env.wait_for(lambda: d.proc.poll() is not None, timeout=10, what="the stand-in exits")
+        assert d.sanitizer_reports(), d.log_text()
+    finally:
+        try:
+            env.close()
+        except vdtest.VdError as e:
+            assert "sanitizer reports" in str(e) and "LeakSanitizer" in str(e), e
+        else:
+            raise AssertionError("a sanitizer report went unnoticed")
+        vdtest._rmtree(d.dir)
+
+
 if __name__ == "__main__":
     vdtest.main(globals())

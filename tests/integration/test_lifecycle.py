@@ -377,7 +377,10 @@ def test_outputs_of_cancel_and_complete_survive_a_crash():
         env.wait_for(lambda: (lambda m: m['vd_inputs_total{type="vd.request.cancelled"}'] >= 1
                               and m['vd_inputs_total{type="vd.task.completed"}'] >= 1)(metrics(d)),
                      timeout=30, what="the cancel and the completion redelivered")
-        wait_metric(env, d, "vd_outputs_unacked", 0, timeout=60)  # the producer reconnects to the broker that came back
+        # A gauge that rises while outputs are in flight: wait for it to drain (the producer
+        # also has to reconnect to the broker that came back).
+        env.wait_for(lambda: metrics(d).get("vd_outputs_unacked") == 0, timeout=60, interval=0.2,
+                     what="vd_outputs_unacked == 0")
         m = metrics(d)
         out = env.events("assignments", timeout=10)
         notes = env.events("notifications", timeout=10)

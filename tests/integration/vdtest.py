@@ -787,6 +787,10 @@ def _ini_value(v):
     return str(v)
 
 
+SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
+                     "SUMMARY: UndefinedBehaviorSanitizer")
+
+
 class Daemon(_Owned):
     """build/vdispatchd with a generated config pointing at redis and kafka.
 
@@ -973,9 +977,26 @@ class Daemon(_Owned):
             self.wait_ready(timeout)
         return self
 
+    def sanitizer_reports(self):
+        """Lines of every run's stderr where AddressSanitizer, LeakSanitizer or
+        UndefinedBehaviorSanitizer reported something (the suite's second pass runs the daemon
+        built with them)."""
+        found = []
+        for i in range(1, self.starts + 1):
+            path = os.path.join(self.dir, "daemon-%d.log" % i)
+            for line in read_text(path).splitlines():
+                if any(m in line for m in SANITIZER_MARKERS):
+                    found.append("%s: %s" % (os.path.basename(path), line.strip()))
+        return found
+
     def _cleanup(self):
         if self.proc is not None and self.proc.poll() is None:
             _stop_process(self.proc, signal.SIGTERM, 10 * TIMEOUT_SCALE)
+        reports = self.sanitizer_reports()
+        if reports:
+            kept = self.dir
+            raise VdError("%s: sanitizer reports (logs kept in %s):\n  %s"
+                          % (self.name, kept, "\n  ".join(reports[:20])))
         _rmtree(self.dir)
 
 
