@@ -57,7 +57,6 @@ struct job {
     struct part *part;
     uint32_t gen;
     int64_t offset;
-    int32_t partition;
     char *payload;
     size_t len;
     enum stage stage;
@@ -208,15 +207,15 @@ static void dead_letter(struct job *j, const char *error) {
     struct vd_dispatch *d = j->d;
     const char *topic = j->part->topic;
     char id[400];
-    snprintf(id, sizeof id, "deadletter/%s/%d/%lld", topic, (int)j->partition, (long long)j->offset);
+    snprintf(id, sizeof id, "deadletter/%s/%d/%lld", topic, (int)j->part->partition, (long long)j->offset);
     json_t *data = json_pack("{s:s, s:s, s:i, s:I, s:o, s:b}", "error", error, "topic", topic,
-                             "partition", (int)j->partition, "offset", (json_int_t)j->offset,
+                             "partition", (int)j->part->partition, "offset", (json_int_t)j->offset,
                              "payload", payload_string(j->payload, j->len), "truncated",
                              j->len > DEADLETTER_PAYLOAD_MAX);
     d->stats.rejected++;
     /* The error may quote the offending value, which could be anything a resident typed: the
      * log names only the field; the full sentence goes to the dead-letter topic. */
-    vd_info("rejected %s[%d]@%lld: bad %.*s", topic, (int)j->partition, (long long)j->offset,
+    vd_info("rejected %s[%d]@%lld: bad %.*s", topic, (int)j->part->partition, (long long)j->offset,
             (int)strcspn(error, ":"), error);
     produce(j, VD_OUT_DEADLETTER, id, "vd.input.rejected", id, data);
 }
@@ -415,14 +414,14 @@ static void redis_failed(struct job *j, const redisReply *reply) {
     if (reply && ++j->redis_errors >= MAX_REDIS_ERRORS) {
         char err[600];
         snprintf(err, sizeof err, "redis: %.*s", (int)reply->len, reply->str ? reply->str : "");
-        vd_error("%s[%d]@%lld: giving up after %d Redis errors: %s", p->topic, (int)j->partition,
+        vd_error("%s[%d]@%lld: giving up after %d Redis errors: %s", p->topic, (int)j->part->partition,
                  (long long)j->offset, j->redis_errors, err);
         dead_letter(j, err);
         redis_done(j);
         return;
     }
     if (reply)
-        vd_warn("%s[%d]@%lld: Redis error, will retry: %.*s", p->topic, (int)j->partition,
+        vd_warn("%s[%d]@%lld: Redis error, will retry: %.*s", p->topic, (int)j->part->partition,
                 (long long)j->offset, (int)reply->len, reply->str ? reply->str : "");
     running_remove(p, j);
     j->stage = STAGE_QUEUED;
@@ -995,7 +994,6 @@ void vd_dispatch_on_message(void *arg, rd_kafka_message_t *m, enum vd_topic_kind
     j->part = p;
     j->gen = p->gen;
     j->offset = m->offset;
-    j->partition = m->partition;
     j->len = m->len;
     j->payload = malloc(m->len ? m->len : 1);
     if (!j->payload) abort();
