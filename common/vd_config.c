@@ -120,6 +120,7 @@ static const struct key_def keys[] = {
     INT("matching", "candidates", candidates, "8", 1, 100),
     INT("matching", "offer_timeout_ms", offer_timeout_ms, "120000", 0, 86400000),
     INT("matching", "max_offers", max_offers, "5", 1, 50),
+    INT("matching", "schedule_lead_ms", schedule_lead_ms, "0", 0, 86400000),
     INT("matching", "batch_window_ms", batch_window_ms, "0", 0, 60000),
     INT("matching", "max_tasks_per_day", max_tasks_per_day, "4", 1, 100),
 

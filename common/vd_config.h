@@ -54,6 +54,7 @@ struct vd_config {
     int candidates;
     int offer_timeout_ms;
     int max_offers;
+    int schedule_lead_ms;
     int batch_window_ms;
     int max_tasks_per_day;
     /* [http] */

@@ -9,7 +9,7 @@
 #include <string.h>
 
 static const char *filter_names[VD_FILTER__COUNT] = {"skills", "languages", "fatigue",
-                                                     "event_scope", "distance"};
+                                                     "event_scope", "distance", "already_tried"};
 
 const char *vd_filter_name(enum vd_filter f) {
     return (f >= 0 && f < VD_FILTER__COUNT) ? filter_names[f] : "ok";

@@ -18,6 +18,7 @@ enum vd_filter {
     VD_FILTER_FATIGUE,     /* reached max_tasks_per_day in the last 24 h */
     VD_FILTER_EVENT,       /* event scope differs (defensive: pools are already split) */
     VD_FILTER_DISTANCE,    /* beyond the request's max_distance_m */
+    VD_FILTER_TRIED,       /* already offered this request: declined or let it time out */
     VD_FILTER__COUNT
 };
 

@@ -120,9 +120,10 @@ static void http_metrics(void *arg, struct vd_metrics_buf *out) {
     const struct vd_dispatch_stats *st = vd_dispatch_stats(s->dispatch);
     const struct vd_kafka_stats *ks = vd_kafka_stats(s->kafka);
     const struct vd_redis_stats *rs = vd_redis_stats(s->redis);
-    const char *types[VD_EV__COUNT], *reasons[VD_UNMATCHED__COUNT];
+    const char *types[VD_EV__COUNT], *reasons[VD_UNMATCHED__COUNT], *results[VD_OFFER__COUNT];
     for (int i = 0; i < VD_EV__COUNT; i++) types[i] = vd_event_type_name(i);
     for (int i = 0; i < VD_UNMATCHED__COUNT; i++) reasons[i] = vd_unmatched_reason_name(i);
+    for (int i = 0; i < VD_OFFER__COUNT; i++) results[i] = vd_offer_result_name(i);
     vd_metrics_counter(out, "vd_consumed_total", "Input messages consumed.", ks->consumed);
     vd_metrics_counter_family(out, "vd_inputs_total", "Valid input events, by type.", "type",
                               types, st->inputs, VD_EV__COUNT);
@@ -134,6 +135,14 @@ static void http_metrics(void *arg, struct vd_metrics_buf *out) {
                        st->replays);
     vd_metrics_counter(out, "vd_ignored_responses_total",
                        "Late, duplicate or mismatched responses and cancels.", st->ignored_responses);
+    vd_metrics_counter_family(out, "vd_offers_total",
+                              "Offers made, and how they ended (accepted, declined, timed_out, "
+                              "expired).", "result", results, st->offers, VD_OFFER__COUNT);
+    vd_metrics_counter(out, "vd_scheduled_total", "Requests that waited for their not_before.",
+                       st->scheduled);
+    vd_metrics_counter(out, "vd_due_runs_total",
+                       "Requests taken up because their due time came (start, deadline, lease).",
+                       st->due_runs);
     vd_metrics_counter(out, "vd_cancelled_total", "Requests cancelled.", st->cancelled);
     vd_metrics_counter(out, "vd_completed_total", "Tasks completed.", st->completed);
     vd_metrics_counter(out, "vd_matches_total", "Requests whose matching finished.", st->matches);
@@ -199,6 +208,7 @@ static void on_cron(uv_timer_t *t) {
         uint64_t tail = CLOSE_GROUP_MS + CLOSE_FLUSH_MS + CLOSE_DESTROY_MS;
         uint64_t work_deadline = budget > tail ? budget - tail : budget / 2;
         if (!s->closing) {
+            vd_dispatch_flush(s->dispatch);
             int idle = vd_dispatch_idle(s->dispatch) && vd_kafka_unacked(s->kafka) == 0;
             if (!idle && spent < work_deadline && s->stop_requested < 2) return;
             if (!idle)
@@ -344,10 +354,7 @@ int main(int argc, char **argv) {
     vd_info("vdispatchd %s starting: kafka %s group %s, redis %s:%d db %d, mode %s", VD_VERSION,
             s.cfg.kafka_brokers, s.cfg.kafka_group_id,
             s.cfg.redis_unix_socket[0] ? s.cfg.redis_unix_socket : s.cfg.redis_host,
-            s.cfg.redis_port, s.cfg.redis_db, "direct");
-    if (s.cfg.offer_timeout_ms > 0)
-        vd_warn("matching.offer_timeout_ms = %d: offers are not implemented yet; every match is "
-                "confirmed at once (direct mode)", s.cfg.offer_timeout_ms);
+            s.cfg.redis_port, s.cfg.redis_db, s.cfg.offer_timeout_ms > 0 ? "offers" : "direct");
     uv_run(s.loop, UV_RUN_DEFAULT);
 
     vd_dispatch_free(s.dispatch);

@@ -1,15 +1,16 @@
 /* vd_dispatch: jobs, partitions and the matching steps between Kafka and Redis.
  *
- * A request's life in direct mode (offer_timeout_ms = 0), as a job walks it:
- *   received  -> decoded and validated (invalid: dead letter, end)
- *   searching -> vd_search at radius r (the first call also returns an earlier outcome,
- *                which makes a replay re-publish that outcome instead of matching again)
- *             -> too few eligible: page on / widen r (doubling up to the widest radius)
- *   claiming  -> vd_claim with the ranked eligible candidates; lost races go back to searching
- *   confirmed -> every needed volunteer held: vd.assignment.confirmed (+ notifications)
- *   unmatched -> vd_finish records the outcome once: vd.request.unmatched (+ coordinator)
- * A job's coarse stage is `enum stage`; the request's own state (searching, confirmed,
- * unmatched, cancelled, completed) lives in Redis, in the record vd_claim/vd_finish keep. */
+ * A request's state (enum vd_state, common/vd_state.h) lives in Redis and only Redis Functions
+ * move it; a job walks it one step at a time:
+ *   created   -> vd_admit: the record (scheduled, or searching with the first search page)
+ *   searching -> more pages / a wider radius (vd_search), then vd_offer with the ranked
+ *                candidates: offered (or confirmed at once in direct mode)
+ *             -> nobody left: vd_finish (unmatched, or wait while offers are out)
+ *   answers   -> vd_respond: confirmed, or declined and a search for the next one
+ *   due       -> vd_tick, for a request whose time came (start, offer deadline, expiry,
+ *                a lapsed lease), taken from the due set by any instance (poll_due)
+ * Every Function returns the facts to publish (the request's event log in Redis); once Kafka
+ * acknowledged them, vd_settle says so (batched). A job's own coarse stage is `enum stage`. */
 #include "vd_dispatch.h"
 
 #include <jansson.h>
@@ -30,6 +31,9 @@
 #define MAX_CLAIM_ROUNDS 4    /* lost races before a request is declared unmatched: contention */
 #define MAX_REDIS_ERRORS 5    /* error replies before a job is dead-lettered instead of stalling */
 #define DEADLETTER_PAYLOAD_MAX 4096
+#define SETTLE_BATCH 16       /* settled requests per vd_settle call */
+#define DUE_BATCH 64          /* requests taken per vd_due call */
+#define MAX_TIMER_JOBS 256    /* internal jobs in memory before vd_due waits */
 
 enum stage {
     STAGE_QUEUED = 0, /* waiting in its partition's queue */
@@ -48,6 +52,7 @@ struct part {
     struct job *running; /* jobs started and not yet through their Redis work (rnext list) */
     int nrunning;
     int in_kick;
+    int internal; /* the timers part: jobs without an input offset */
     uint64_t retry_at; /* loop time before which no job starts (after a Redis failure) */
     struct part *next;
 };
@@ -65,8 +70,15 @@ struct job {
     char *error; /* why the message is invalid (it becomes a dead letter), or NULL */
     struct vd_event ev;
     uint64_t started_us;
+    int tick;                 /* an internal job: the request's due time came (no input) */
+    /* The request being matched: &ev for its own vd.request.created, else decoded from the
+     * event stored with its record (req_own). */
+    struct vd_event *req, *req_own;
+    int open;                 /* volunteers the request still needs (neither held nor offered) */
+    char *exclude;            /* comma-joined volunteers never to offer it again */
+    long long settle_seq;     /* the last fact published: settled once Kafka acknowledged it */
     /* matching state */
-    int radius, rmax, seen, first, claim_rounds, exhausted, held;
+    int matching, radius, rmax, seen, claim_rounds, exhausted;
     int lacking_skill; /* in range but without the rare skill searched (never candidates) */
     double page_far_m; /* distance of the farthest candidate of the last page */
     struct vd_match_stats mstats;
@@ -87,16 +99,29 @@ struct vd_dispatch {
     struct job *all;
     int stopping;
     uint64_t running;
+    struct part *timers; /* internal jobs: requests whose due time came */
+    int timer_jobs;
+    int due_in_flight;
+    struct settle {
+        char rid[VD_ID_MAX + 1];
+        long long seq;
+    } settles[SETTLE_BATCH];
+    int nsettles, settles_in_flight;
     struct vd_dispatch_stats stats;
 };
 
 static void run_job(struct job *j);
 
-static const char *reason_names[VD_UNMATCHED__COUNT] = {"no_volunteer_in_range",
-                                                        "no_eligible_volunteer", "contention",
-                                                        "expired"};
+static const char *reason_names[VD_UNMATCHED__COUNT] = {
+    "no_volunteer_in_range", "no_eligible_volunteer", "contention", "expired", "all_declined"};
 
 const char *vd_unmatched_reason_name(enum vd_unmatched_reason r) { return reason_names[r]; }
+
+const char *vd_offer_result_name(enum vd_offer_result r) {
+    static const char *const names[VD_OFFER__COUNT] = {"made", "accepted", "declined",
+                                                       "timed_out", "expired"};
+    return names[r];
+}
 
 static uint64_t now_us(void) {
     struct timeval tv;
@@ -132,6 +157,14 @@ static void argf(struct args *a, const char *fmt, ...) {
     a->v[a->n] = a->buf + a->used;
     a->l[a->n++] = (size_t)w;
     a->used += (size_t)w + 1;
+}
+
+static void fcall_begin(struct args *a, const char *fn, int nkeys) {
+    a->n = 0;
+    a->used = 0;
+    arg(a, "FCALL");
+    arg(a, fn);
+    argf(a, "%d", nkeys);
 }
 
 static void tags_csv(const struct vd_tags *t, char *out, size_t cap) {
@@ -220,95 +253,182 @@ static void dead_letter(struct job *j, const char *error) {
     produce(j, VD_OUT_DEADLETTER, id, "vd.input.rejected", id, data);
 }
 
-/* Deterministic offer id for (request, volunteer): a replay publishes the same one. */
-static void offer_id(const char *rid, const char *vid, char *out, size_t cap) {
-    uint64_t h = 1469598103934665603ull;
-    for (const char *p = rid; *p; p++) h = (h ^ (unsigned char)*p) * 1099511628211ull;
-    h = (h ^ '/') * 1099511628211ull;
-    for (const char *p = vid; *p; p++) h = (h ^ (unsigned char)*p) * 1099511628211ull;
-    snprintf(out, cap, "of-%016llx", (unsigned long long)h);
-}
-
-/* What was recorded when a volunteer was claimed, so that a replay republishes the same. */
-struct claim_note {
+/* What the search saw when a volunteer was offered the request ("distance/radius/considered"),
+ * kept with the offer so that every event about it, and every replay, says the same. */
+struct match_note {
     double distance_m;
     int radius_m;
     int considered;
 };
 
-static void publish_confirmed(struct job *j, const char *vid, const struct claim_note *note) {
-    const struct vd_event *ev = &j->ev;
-    char oid[32], id[200];
-    offer_id(ev->request_id, vid, oid, sizeof oid);
-    json_t *data = json_pack("{s:s, s:s, s:s, s:f, s:i, s:s, s:s, s:i, s:i}", "request_id",
-                             ev->request_id, "volunteer_id", vid, "offer_id", oid, "distance_m",
-                             note->distance_m, "attempt", 1, "service", ev->service, "priority",
-                             vd_priority_name(ev->priority), "radius_m", note->radius_m,
-                             "candidates_considered", note->considered);
-    if (ev->event_id[0]) json_object_set_new(data, "event_id", json_string(ev->event_id));
-    snprintf(id, sizeof id, "%s/confirmed/%s", ev->request_id, vid);
-    produce(j, VD_OUT_ASSIGNMENTS, ev->request_id, "vd.assignment.confirmed", id, data);
-
-    snprintf(id, sizeof id, "%s/notify-volunteer/%s", ev->request_id, vid);
-    produce(j, VD_OUT_NOTIFICATIONS, ev->request_id, "vd.notify.volunteer", id,
-            json_pack("{s:s, s:s, s:s, s:s, s:s}", "kind", "assigned", "volunteer_id", vid,
-                      "request_id", ev->request_id, "offer_id", oid, "service", ev->service));
-    json_t *res = json_pack("{s:s, s:s, s:s}", "kind", "volunteer_confirmed", "request_id",
-                            ev->request_id, "volunteer_id", vid);
-    if (ev->resident_id[0]) json_object_set_new(res, "resident_id", json_string(ev->resident_id));
-    snprintf(id, sizeof id, "%s/notify-resident/%s", ev->request_id, vid);
-    produce(j, VD_OUT_NOTIFICATIONS, ev->request_id, "vd.notify.resident", id, res);
-    j->d->stats.confirmed++;
-}
-
-/* Publishes confirmed events for every volunteer in the comma-joined held list; notes holds
- * the matching "distance/radius/considered" records, comma-joined in the same order. */
-static int publish_held(struct job *j, const char *held, const char *notes) {
-    int n = 0;
-    const char *h = held, *ds = notes;
-    while (*h) {
-        char vid[VD_ID_MAX + 1];
-        size_t len = strcspn(h, ",");
-        snprintf(vid, sizeof vid, "%.*s", (int)len, h);
-        struct claim_note note = {0, 0, 0};
-        char *end;
-        note.distance_m = strtod(ds, &end);
-        if (*end == '/') note.radius_m = (int)strtol(end + 1, &end, 10);
-        if (*end == '/') note.considered = (int)strtol(end + 1, &end, 10);
-        publish_confirmed(j, vid, &note);
-        n++;
-        h += len;
-        if (*h) h++;
-        ds += strcspn(ds, ",");
-        if (*ds) ds++;
-    }
+static struct match_note parse_note(const char *s) {
+    struct match_note n = {0, 0, 0};
+    char *end;
+    n.distance_m = strtod(s, &end);
+    if (*end == '/') n.radius_m = (int)strtol(end + 1, &end, 10);
+    if (*end == '/') n.considered = (int)strtol(end + 1, &end, 10);
     return n;
 }
 
-static int count_csv(const char *s) {
-    if (!*s) return 0;
-    int n = 1;
-    for (; *s; s++) n += *s == ',';
-    return n;
+/* Request attributes every output about the request carries (service, priority, event). */
+static void add_request_fields(const struct vd_event *req, json_t *data) {
+    if (req->service[0]) json_object_set_new(data, "service", json_string(req->service));
+    json_object_set_new(data, "priority", json_string(vd_priority_name(req->priority)));
+    if (req->event_id[0]) json_object_set_new(data, "event_id", json_string(req->event_id));
 }
 
-static void publish_unmatched(struct job *j, const char *unmatched_json) {
-    const struct vd_event *ev = &j->ev;
+static void publish_offered(struct job *j, const char *vid, const char *oid, int attempt,
+                            int64_t deadline_ms, struct match_note note) {
+    const char *rid = j->ev.request_id;
+    char id[200], when[40];
+    vd_time_format(deadline_ms, when, sizeof when);
+    json_t *data = json_pack("{s:s, s:s, s:s, s:f, s:i, s:s, s:i, s:i}", "request_id", rid,
+                             "volunteer_id", vid, "offer_id", oid, "distance_m", note.distance_m,
+                             "attempt", attempt, "expires_at", when, "radius_m", note.radius_m,
+                             "candidates_considered", note.considered);
+    add_request_fields(j->req, data);
+    snprintf(id, sizeof id, "%s/offered/%s", rid, vid);
+    produce(j, VD_OUT_ASSIGNMENTS, rid, "vd.assignment.offered", id, data);
+    json_t *n = json_pack("{s:s, s:s, s:s, s:s, s:i, s:s}", "kind", "offer", "volunteer_id", vid,
+                          "request_id", rid, "offer_id", oid, "attempt", attempt, "expires_at", when);
+    if (j->req->service[0]) json_object_set_new(n, "service", json_string(j->req->service));
+    snprintf(id, sizeof id, "%s/notify-offer/%s", rid, vid);
+    produce(j, VD_OUT_NOTIFICATIONS, rid, "vd.notify.volunteer", id, n);
+}
+
+static void publish_confirmed(struct job *j, const char *vid, const char *oid, int attempt,
+                              struct match_note note) {
+    const char *rid = j->ev.request_id;
+    const struct vd_event *req = j->req;
     char id[200];
-    json_error_t jerr;
-    json_t *data = json_loads(unmatched_json, 0, &jerr);
-    if (!data) data = json_pack("{s:s, s:s}", "request_id", ev->request_id, "reason", "unknown");
+    json_t *data = json_pack("{s:s, s:s, s:s, s:f, s:i, s:i, s:i}", "request_id", rid,
+                             "volunteer_id", vid, "offer_id", oid, "distance_m", note.distance_m,
+                             "attempt", attempt, "radius_m", note.radius_m,
+                             "candidates_considered", note.considered);
+    add_request_fields(req, data);
+    snprintf(id, sizeof id, "%s/confirmed/%s", rid, vid);
+    produce(j, VD_OUT_ASSIGNMENTS, rid, "vd.assignment.confirmed", id, data);
+
+    json_t *n = json_pack("{s:s, s:s, s:s, s:s}", "kind", "assigned", "volunteer_id", vid,
+                          "request_id", rid, "offer_id", oid);
+    if (req->service[0]) json_object_set_new(n, "service", json_string(req->service));
+    snprintf(id, sizeof id, "%s/notify-volunteer/%s", rid, vid);
+    produce(j, VD_OUT_NOTIFICATIONS, rid, "vd.notify.volunteer", id, n);
+    json_t *res = json_pack("{s:s, s:s, s:s}", "kind", "volunteer_confirmed", "request_id", rid,
+                            "volunteer_id", vid);
+    if (req->resident_id[0]) json_object_set_new(res, "resident_id", json_string(req->resident_id));
+    snprintf(id, sizeof id, "%s/notify-resident/%s", rid, vid);
+    produce(j, VD_OUT_NOTIFICATIONS, rid, "vd.notify.resident", id, res);
+}
+
+/* An offer ended without a confirmation: declined, timed out, or the request expired. The
+ * volunteer is told, unless they declined it themselves. */
+static void publish_withdrawn(struct job *j, const char *vid, const char *oid, const char *why) {
+    const char *rid = j->ev.request_id;
+    char id[200];
+    snprintf(id, sizeof id, "%s/withdrawn/%s", rid, vid);
+    produce(j, VD_OUT_ASSIGNMENTS, rid, "vd.assignment.withdrawn", id,
+            json_pack("{s:s, s:s, s:s, s:s}", "request_id", rid, "volunteer_id", vid, "offer_id",
+                      oid, "reason", why));
+    if (strcmp(why, "declined") == 0) return;
+    snprintf(id, sizeof id, "%s/notify-withdrawn/%s", rid, vid);
+    produce(j, VD_OUT_NOTIFICATIONS, rid, "vd.notify.volunteer", id,
+            json_pack("{s:s, s:s, s:s, s:s, s:s}", "kind", "offer_withdrawn", "volunteer_id", vid,
+                      "request_id", rid, "offer_id", oid, "reason", why));
+}
+
+static int count_reason(struct vd_dispatch *d, const char *reason) {
+    for (int i = 0; reason && i < VD_UNMATCHED__COUNT; i++)
+        if (strcmp(reason, vd_unmatched_reason_name(i)) == 0) {
+            d->stats.unmatched[i]++;
+            return i;
+        }
+    return -1;
+}
+
+/* vd.request.unmatched with the outcome document recorded in Redis, and the coordinator's
+ * notification: a person must act. */
+static void publish_unmatched(struct job *j, const char *doc_json, int count) {
+    const char *rid = j->ev.request_id;
+    char id[200];
+    json_t *data = json_loads(doc_json, 0, NULL);
+    if (!json_is_object(data)) {
+        json_decref(data);
+        data = json_pack("{s:s, s:s}", "request_id", rid, "reason", "unknown");
+    }
+    if (!json_object_get(data, "service") && j->req->service[0])
+        json_object_set_new(data, "service", json_string(j->req->service));
     const char *reason = json_string_value(json_object_get(data, "reason"));
+    if (count) count_reason(j->d, reason);
     json_t *missing = json_object_get(data, "volunteers_missing");
-    json_t *coord = json_pack("{s:s, s:s, s:s, s:s, s:s, s:I}", "kind", "unmatched", "request_id",
-                              ev->request_id, "reason", reason ? reason : "unknown", "service",
-                              ev->service, "priority", vd_priority_name(ev->priority),
+    json_t *prio = json_object_get(data, "priority");
+    json_t *coord = json_pack("{s:s, s:s, s:s, s:s, s:I}", "kind", "unmatched", "request_id", rid,
+                              "reason", reason ? reason : "unknown", "priority",
+                              json_is_string(prio) ? json_string_value(prio)
+                                                   : vd_priority_name(j->req->priority),
                               "volunteers_missing",
                               missing ? json_integer_value(missing) : (json_int_t)1);
-    snprintf(id, sizeof id, "%s/unmatched", ev->request_id);
-    produce(j, VD_OUT_ASSIGNMENTS, ev->request_id, "vd.request.unmatched", id, data);
-    snprintf(id, sizeof id, "%s/notify-coordinator", ev->request_id);
-    produce(j, VD_OUT_NOTIFICATIONS, ev->request_id, "vd.notify.coordinator", id, coord);
+    json_t *service = json_object_get(data, "service");
+    if (json_is_string(service)) json_object_set(coord, "service", service);
+    snprintf(id, sizeof id, "%s/unmatched", rid);
+    produce(j, VD_OUT_ASSIGNMENTS, rid, "vd.request.unmatched", id, data);
+    snprintf(id, sizeof id, "%s/notify-coordinator", rid);
+    produce(j, VD_OUT_NOTIFICATIONS, rid, "vd.notify.coordinator", id, coord);
+}
+
+/* Publishes one fact of the request's log, "[+]n|kind|field|...": the outputs it stands for,
+ * with ids that depend on the fact alone. "+" marks news (counted in the metrics); a fact
+ * without it is published again (a replay, or its first publication was not settled). */
+static void publish_fact(struct job *j, const char *line, size_t len) {
+    struct vd_dispatch *d = j->d;
+    int count = len > 0 && line[0] == '+';
+    if (count) {
+        line++;
+        len--;
+    }
+    char *buf = strndup(line, len);
+    if (!buf) abort();
+    char *f[8] = {0};
+    int n = 0;
+    char *s = buf;
+    /* Fields up to the kind, then the kind's own: an unmatched fact's JSON is the rest. */
+    while (n < 8) {
+        f[n++] = s;
+        if (n == 3 && strcmp(f[1], "unmatched") == 0) break;
+        char *bar = strchr(s, '|');
+        if (!bar) break;
+        *bar = '\0';
+        s = bar + 1;
+    }
+    long long seq = atoll(f[0]);
+    if (seq <= j->settle_seq) {
+        /* Published by this job already: a later step's reply lists it again until settled. */
+        free(buf);
+        return;
+    }
+    j->settle_seq = seq;
+    const char *kind = n > 1 ? f[1] : "";
+    if (strcmp(kind, "offered") == 0 && n >= 7) {
+        publish_offered(j, f[2], f[3], atoi(f[4]), atoll(f[5]), parse_note(f[6]));
+        if (count) d->stats.offers[VD_OFFER_MADE]++;
+    } else if (strcmp(kind, "confirmed") == 0 && n >= 6) {
+        publish_confirmed(j, f[2], f[3], atoi(f[4]), parse_note(f[5]));
+        if (count) {
+            d->stats.confirmed++;
+            if (d->cfg->offer_timeout_ms > 0) d->stats.offers[VD_OFFER_ACCEPTED]++;
+        }
+    } else if (strcmp(kind, "withdrawn") == 0 && n >= 5) {
+        publish_withdrawn(j, f[2], f[3], f[4]);
+        if (count)
+            d->stats.offers[strcmp(f[4], "declined") == 0  ? VD_OFFER_DECLINED
+                            : strcmp(f[4], "timeout") == 0 ? VD_OFFER_TIMED_OUT
+                                                           : VD_OFFER_EXPIRED]++;
+    } else if (strcmp(kind, "unmatched") == 0 && n >= 3) {
+        publish_unmatched(j, f[2], count);
+    } else {
+        vd_error("request %s: unknown fact %.*s", j->ev.request_id, (int)len, line);
+    }
+    free(buf);
 }
 
 /* ---- job life ---- */
@@ -318,10 +438,115 @@ static void job_free(struct job *j) {
     if (j->all_prev) j->all_prev->all_next = j->all_next; else d->all = j->all_next;
     if (j->all_next) j->all_next->all_prev = j->all_prev;
     d->stats.jobs_in_memory--;
+    if (j->tick) d->timer_jobs--;
     free(j->payload);
     free(j->error);
     free(j->cands);
+    free(j->exclude);
+    free(j->req_own);
     free(j);
+}
+
+/* ---- settling facts, taking due requests ---- */
+
+static void on_settled(struct vd_redis *r, redisReply *reply, void *arg) {
+    struct vd_dispatch *d = arg;
+    (void)r;
+    d->settles_in_flight--;
+    /* Lost (Redis down): the facts are published again when the lease lapses; harmless. */
+    if (!reply || reply->type == REDIS_REPLY_ERROR)
+        vd_debug("settling facts failed: %s", reply && reply->str ? reply->str : "no reply");
+}
+
+/* Tells Redis, in one call for up to SETTLE_BATCH requests, which facts reached Kafka; the
+ * cron sends what waited behind a call in flight. */
+static void flush_settles(struct vd_dispatch *d) {
+    if (!d->nsettles || !vd_redis_is_ready(d->redis)) return;
+    const char *pfx = d->cfg->redis_key_prefix;
+    struct args a;
+    fcall_begin(&a, "vd_settle", 1 + d->nsettles);
+    argf(&a, "%sdue", pfx);
+    for (int i = 0; i < d->nsettles; i++) argf(&a, "%sreq:%s", pfx, d->settles[i].rid);
+    arg(&a, pfx);
+    argf(&a, "%lld", (long long)now_ms());
+    argf(&a, "%d", VD_LEASE_MS);
+    for (int i = 0; i < d->nsettles; i++) {
+        arg(&a, d->settles[i].rid);
+        argf(&a, "%lld", d->settles[i].seq);
+    }
+    d->nsettles = 0;
+    d->settles_in_flight++;
+    d->stats.redis_calls++;
+    if (vd_redis_command(d->redis, on_settled, d, a.n, a.v, a.l) < 0) d->settles_in_flight--;
+}
+
+static void settle_later(struct vd_dispatch *d, const char *rid, long long seq) {
+    if (d->nsettles == SETTLE_BATCH) flush_settles(d);
+    if (d->nsettles == SETTLE_BATCH) return; /* Redis is down: the lease covers it */
+    snprintf(d->settles[d->nsettles].rid, sizeof d->settles[0].rid, "%s", rid);
+    d->settles[d->nsettles++].seq = seq;
+    /* At once when none is in flight (fewer facts published twice); under load they batch
+     * up behind the one in flight. */
+    if (d->settles_in_flight == 0) flush_settles(d);
+}
+
+static void kick(struct part *p);
+
+static int timer_job_for(const struct vd_dispatch *d, const char *rid) {
+    for (const struct job *j = d->timers->head; j; j = j->next)
+        if (strcmp(j->key, rid) == 0) return 1;
+    for (const struct job *j = d->timers->running; j; j = j->rnext)
+        if (strcmp(j->key, rid) == 0) return 1;
+    return 0;
+}
+
+static void on_due(struct vd_redis *r, redisReply *reply, void *arg) {
+    struct vd_dispatch *d = arg;
+    (void)r;
+    d->due_in_flight = 0;
+    if (!reply || reply->type != REDIS_REPLY_ARRAY || d->stopping) return;
+    struct part *p = d->timers;
+    for (size_t i = 0; i < reply->elements; i++) {
+        const redisReply *e = reply->element[i];
+        if (e->type != REDIS_REPLY_STRING || e->len > VD_ID_MAX) continue;
+        char rid[VD_ID_MAX + 1];
+        snprintf(rid, sizeof rid, "%.*s", (int)e->len, e->str);
+        if (!vd_id_valid(rid) || timer_job_for(d, rid)) continue;
+        struct job *j = calloc(1, sizeof *j);
+        if (!j) abort();
+        j->d = d;
+        j->part = p;
+        j->gen = p->gen;
+        j->offset = -1;
+        j->tick = 1;
+        j->req = &j->ev;
+        snprintf(j->ev.request_id, sizeof j->ev.request_id, "%s", rid);
+        snprintf(j->key, sizeof j->key, "%s", rid);
+        d->timer_jobs++;
+        d->stats.jobs_in_memory++;
+        j->all_next = d->all;
+        if (d->all) d->all->all_prev = j;
+        d->all = j;
+        if (p->tail) p->tail->next = j; else p->head = j;
+        p->tail = j;
+    }
+    kick(p);
+}
+
+/* Takes the requests whose due time came (at most one call outstanding). Waits while Kafka
+ * intake is paused for back-pressure: their outputs would only pile up. */
+static void poll_due(struct vd_dispatch *d) {
+    if (d->due_in_flight || d->stopping || !vd_redis_is_ready(d->redis) ||
+        vd_kafka_is_paused(d->kafka) || d->timer_jobs >= MAX_TIMER_JOBS)
+        return;
+    struct args a;
+    fcall_begin(&a, "vd_due", 1);
+    argf(&a, "%sdue", d->cfg->redis_key_prefix);
+    argf(&a, "%lld", (long long)now_ms());
+    argf(&a, "%d", VD_LEASE_MS);
+    argf(&a, "%d", DUE_BATCH);
+    d->due_in_flight = 1;
+    if (vd_redis_command(d->redis, on_due, d, a.n, a.v, a.l) < 0) d->due_in_flight = 0;
 }
 
 /* A job whose Redis work is done and whose outputs are all acknowledged leaves; its offset
@@ -329,8 +554,10 @@ static void job_free(struct job *j) {
 static void maybe_finish(struct job *j) {
     if (j->stage != STAGE_PUBLISHED || j->pending > 0) return;
     struct part *p = j->part;
-    if (j->gen == p->gen && p->assigned && vd_offsets_done(&p->offs, j->offset) == 1)
+    if (!p->internal && j->gen == p->gen && p->assigned &&
+        vd_offsets_done(&p->offs, j->offset) == 1)
         vd_kafka_store_offset(j->d->kafka, p->topic, p->partition, p->offs.next);
+    if (j->settle_seq > 0) settle_later(j->d, j->ev.request_id, j->settle_seq);
     job_free(j);
 }
 
@@ -470,14 +697,6 @@ static void fcall(struct job *j, struct args *a, reply_fn *fn) {
     }
 }
 
-static void fcall_begin(struct args *a, const char *fn, int nkeys) {
-    a->n = 0;
-    a->used = 0;
-    arg(a, "FCALL");
-    arg(a, fn);
-    argf(a, "%d", nkeys);
-}
-
 /* ---- volunteers ---- */
 
 static void on_volunteer_reply(struct job *j, redisReply *r) {
@@ -525,10 +744,10 @@ static void run_volunteer(struct job *j) {
     fcall(j, &a, on_volunteer_reply);
 }
 
-/* ---- requests: search, claim, finish ---- */
+/* ---- requests: admit, search, offer, finish, respond, tick ---- */
 
 static void search(struct job *j);
-static void claim(struct job *j);
+static void offer(struct job *j);
 static void finish_unmatched(struct job *j, enum vd_unmatched_reason reason);
 
 static void req_key(const struct job *j, char *out, size_t cap) {
@@ -536,53 +755,52 @@ static void req_key(const struct job *j, char *out, size_t cap) {
 }
 
 static void pool_key(const struct job *j, char *out, size_t cap) {
-    if (j->ev.event_id[0])
-        snprintf(out, cap, "%spool:ev:%s", j->d->cfg->redis_key_prefix, j->ev.event_id);
+    if (j->req->event_id[0])
+        snprintf(out, cap, "%spool:ev:%s", j->d->cfg->redis_key_prefix, j->req->event_id);
     else
         snprintf(out, cap, "%spool:city", j->d->cfg->redis_key_prefix);
 }
 
+/* FCALL fn with the request's hash and the due set as its first keys; the caller adds any
+ * further keys, then request_args(). */
+static void request_call(struct job *j, struct args *a, const char *fn, int nkeys) {
+    char key[VD_ID_MAX + 80];
+    fcall_begin(a, fn, nkeys);
+    req_key(j, key, sizeof key);
+    argf(a, "%s", key);
+    argf(a, "%sdue", j->d->cfg->redis_key_prefix);
+}
+
+/* The ARGV every request function starts with (see context() in vdispatch.lua). */
+static void request_args(struct job *j, struct args *a) {
+    const struct vd_config *cfg = j->d->cfg;
+    arg(a, cfg->redis_key_prefix);
+    arg(a, j->ev.request_id);
+    argf(a, "%lld", (long long)now_ms());
+    argf(a, "%d", cfg->redis_request_ttl_s);
+    argf(a, "%d", VD_LEASE_MS);
+    argf(a, "%d", cfg->max_offers);
+    argf(a, "%d", cfg->offer_timeout_ms);
+}
+
 static void match_done(struct job *j) {
     struct vd_dispatch *d = j->d;
-    uint64_t us = now_us() - j->started_us;
-    d->stats.matches++;
-    d->stats.match_latency_us_sum += us;
-    vd_histogram_observe(&d->stats.match_seconds, (double)us / 1e6);
+    if (j->matching) {
+        uint64_t us = now_us() - j->started_us;
+        d->stats.matches++;
+        d->stats.match_latency_us_sum += us;
+        vd_histogram_observe(&d->stats.match_seconds, (double)us / 1e6);
+    }
     redis_done(j);
 }
 
-/* The request already had a record (replay, or a cancel that came first). */
-static void on_replay(struct job *j, redisReply *r) {
-    char state[32], held[VD_MAX_NEEDED * (VD_ID_MAX + 1) + 1], dists[512];
-    char *unmatched = NULL;
-    el(r, 1, state, sizeof state);
-    el(r, 2, held, sizeof held);
-    el(r, 4, dists, sizeof dists);
-    if (r->elements > 3 && r->element[3]->type == REDIS_REPLY_STRING && r->element[3]->len)
-        unmatched = strndup(r->element[3]->str, r->element[3]->len);
-    if (strcmp(state, "searching") == 0) {
-        /* An earlier run stopped half-way (crash): carry on with what it holds. */
-        vd_info("request %s: resuming a search that holds %d volunteer(s)", j->ev.request_id,
-                count_csv(held));
-        free(unmatched);
-        j->first = 0;
-        j->held = count_csv(held);
-        search(j);
-        return;
-    }
-    j->d->stats.replays++;
-    vd_info("request %s: already %s; publishing the recorded outcome again", j->ev.request_id, state);
-    if (strcmp(state, "cancelled") != 0) {
-        publish_held(j, held, dists);
-        if (unmatched) publish_unmatched(j, unmatched);
-    }
-    free(unmatched);
-    match_done(j);
+static int excluded(const struct job *j, const char *vid) {
+    return j->exclude && vd_match_list_has(j->exclude, vid);
 }
 
-/* Appends the candidates of a vd_search reply, filters and ranks them with those still
- * untried from earlier pages. */
-static void take_candidates(struct job *j, redisReply *r, size_t *got, double *far_m) {
+/* Appends the candidates of a search page, filters and ranks them with those still untried
+ * from earlier pages. Volunteers this request already tried are dropped here. */
+static void take_candidates(struct job *j, const redisReply *r, size_t *got, double *far_m) {
     size_t n = r->elements > 3 ? (r->elements - 3) / 6 : 0;
     *got = n;
     struct vd_candidate *c = realloc(j->cands, (j->ncands + n) * sizeof *c);
@@ -590,18 +808,26 @@ static void take_candidates(struct job *j, redisReply *r, size_t *got, double *f
     j->cands = c;
     struct vd_candidate *fresh = c + j->ncands;
     char buf[32];
+    size_t m = 0;
     for (size_t i = 0; i < n; i++) {
         size_t b = 3 + i * 6;
-        memset(&fresh[i], 0, sizeof fresh[i]);
-        el(r, b, fresh[i].id, sizeof fresh[i].id);
-        fresh[i].distance_m = strtod(el(r, b + 1, buf, sizeof buf), NULL);
-        el(r, b + 2, fresh[i].skills, sizeof fresh[i].skills);
-        el(r, b + 3, fresh[i].languages, sizeof fresh[i].languages);
-        fresh[i].max_tasks = atoi(el(r, b + 4, buf, sizeof buf));
-        fresh[i].tasks_24h = atoi(el(r, b + 5, buf, sizeof buf));
-        if (fresh[i].distance_m > *far_m || i == 0) *far_m = fresh[i].distance_m;
+        struct vd_candidate *f = &fresh[m];
+        memset(f, 0, sizeof *f);
+        el(r, b, f->id, sizeof f->id);
+        f->distance_m = strtod(el(r, b + 1, buf, sizeof buf), NULL);
+        if (f->distance_m > *far_m || i == 0) *far_m = f->distance_m;
+        if (excluded(j, f->id)) {
+            j->mstats.considered++;
+            j->mstats.filtered[VD_FILTER_TRIED]++;
+            continue;
+        }
+        el(r, b + 2, f->skills, sizeof f->skills);
+        el(r, b + 3, f->languages, sizeof f->languages);
+        f->max_tasks = atoi(el(r, b + 4, buf, sizeof buf));
+        f->tasks_24h = atoi(el(r, b + 5, buf, sizeof buf));
+        m++;
     }
-    size_t kept = vd_match_rank(&j->ev, fresh, n, j->d->cfg->max_tasks_per_day, &j->mstats);
+    size_t kept = vd_match_rank(j->req, fresh, m, j->d->cfg->max_tasks_per_day, &j->mstats);
     j->ncands += kept;
     /* Merge the fresh ranked run into the earlier ranked run (both small). */
     size_t total = j->ncands;
@@ -616,29 +842,27 @@ static void take_candidates(struct job *j, redisReply *r, size_t *got, double *f
     }
 }
 
-static int needed_left(const struct job *j) { return j->ev.volunteers_needed - j->held; }
-
-/* Decides a request's next step after a search page or a claim round: claim, read the next
+/* Decides a request's next step after a search page or an offer round: offer, read the next
  * page, widen the radius, or give up. Nobody unseen can be nearer than `horizon` (the radius
  * once it is exhausted, else the farthest candidate of the last page), so nobody unseen can
  * score better than horizon minus the preferred-volunteer bonus: only then are the best
- * candidates known to be the best, and claimed. */
+ * candidates known to be the best, and offered. */
 static void next_step(struct job *j) {
-    const struct vd_event *ev = &j->ev;
-    size_t need = (size_t)needed_left(j);
+    const struct vd_event *ev = j->req;
+    size_t need = (size_t)(j->open > 0 ? j->open : 1);
     double bonus = ev->preferred_volunteer_id[0] ? VD_SCORE_PREFERRED_M : 0;
     double horizon = j->exhausted ? j->radius : j->page_far_m;
     int more = j->mstats.considered < j->d->cfg->candidates * 8;
     int last = j->exhausted && j->radius >= j->rmax;
     if (j->ncands >= need && (j->cands[need - 1].score <= horizon - bonus || !more || last)) {
-        claim(j);
+        offer(j);
     } else if (more && !j->exhausted) {
         search(j); /* the next page at this radius */
     } else if (more && j->radius < j->rmax) {
         j->radius = j->radius * 2 < j->rmax ? j->radius * 2 : j->rmax;
         search(j);
     } else if (j->ncands) {
-        claim(j); /* not enough for all: claim who there is, report the rest */
+        offer(j); /* not enough for all: offer who there is, report the rest */
     } else {
         /* Those who lack the rare skill were never candidates; count them as filtered. */
         j->mstats.considered += j->lacking_skill;
@@ -649,14 +873,9 @@ static void next_step(struct job *j) {
     }
 }
 
-static void on_search(struct job *j, redisReply *r) {
-    char tag[16], buf[32];
-    el(r, 0, tag, sizeof tag);
-    if (strcmp(tag, "state") == 0) {
-        on_replay(j, r);
-        return;
-    }
-    j->first = 0;
+/* A search page arrived (from vd_admit or vd_search). */
+static void on_page(struct job *j, const redisReply *r) {
+    char buf[32];
     long total = atol(el(r, 1, buf, sizeof buf));
     /* The search asked for the nearest seen + candidates; fewer means the radius is exhausted. */
     j->exhausted = total < (long)j->seen + j->d->cfg->candidates;
@@ -669,16 +888,21 @@ static void on_search(struct job *j, redisReply *r) {
     next_step(j);
 }
 
+static void on_search(struct job *j, redisReply *r) { on_page(j, r); }
+
+/* Skill sets to search (the pool's set per required skill): KEYS after the pool. */
+static void skill_keys(struct job *j, struct args *a, const char *pool) {
+    for (int i = 0; i < j->req->skills.n; i++) argf(a, "%s:s:%s", pool, j->req->skills.v[i]);
+}
+
 static void search(struct job *j) {
-    const struct vd_event *ev = &j->ev;
+    const struct vd_event *ev = j->req;
     struct args a;
-    char pool[VD_ID_MAX + 80], req[VD_ID_MAX + 80];
+    char pool[VD_ID_MAX + 80];
     pool_key(j, pool, sizeof pool);
-    req_key(j, req, sizeof req);
-    fcall_begin(&a, "vd_search", 2 + ev->skills.n);
+    fcall_begin(&a, "vd_search", 1 + ev->skills.n);
     arg(&a, pool);
-    arg(&a, req);
-    for (int i = 0; i < ev->skills.n; i++) argf(&a, "%s:s:%s", pool, ev->skills.v[i]);
+    skill_keys(j, &a, pool);
     arg(&a, j->d->cfg->redis_key_prefix);
     argf(&a, "%.7f", ev->location.lat);
     argf(&a, "%.7f", ev->location.lon);
@@ -686,133 +910,235 @@ static void search(struct job *j) {
     argf(&a, "%d", j->seen);
     argf(&a, "%d", j->d->cfg->candidates);
     argf(&a, "%lld", (long long)now_ms());
-    arg(&a, j->first ? "1" : "0");
     a.v[0] = "FCALL_RO";
     a.l[0] = 8;
     fcall(j, &a, on_search);
 }
 
-static void on_claim(struct job *j, redisReply *r) {
-    char state[32], held[VD_MAX_NEEDED * (VD_ID_MAX + 1) + 1], dists[512];
-    el(r, 0, state, sizeof state);
-    el(r, 1, held, sizeof held);
-    el(r, 2, dists, sizeof dists);
-    /* Whoever was not claimed was taken meanwhile (or tired): never offer them again here.
-     * Those tried have left the pool, so the next page starts that much nearer. */
+/* Matching starts (again) from the first radius: after an admit, a decline or a timeout. */
+static void start_matching(struct job *j) {
+    const struct vd_config *cfg = j->d->cfg;
+    j->rmax = j->req->max_distance_m ? j->req->max_distance_m : cfg->radius_max_m;
+    j->radius = cfg->radius_start_m < j->rmax ? cfg->radius_start_m : j->rmax;
+    j->seen = 0;
+    j->claim_rounds = 0;
+    j->ncands = 0;
+    j->lacking_skill = 0;
+    j->exhausted = 0;
+    memset(&j->mstats, 0, sizeof j->mstats);
+    if (!j->matching) j->started_us = now_us();
+    j->matching = 1;
+}
+
+/* Reads the common head of a request function's reply (see reply() in vdispatch.lua),
+ * publishes its facts and returns its search flag; tag receives the reply's tag. */
+static int take_step(struct job *j, const redisReply *r, char *tag, size_t tagcap) {
+    char buf[32];
+    el(r, 0, tag, tagcap);
+    j->open = atoi(el(r, 2, buf, sizeof buf));
+    int want = atoi(el(r, 3, buf, sizeof buf));
+    if (r->type == REDIS_REPLY_ARRAY && r->elements > 6) {
+        const redisReply *ex = r->element[4], *ev = r->element[5], *facts = r->element[6];
+        free(j->exclude);
+        j->exclude = ex->type == REDIS_REPLY_STRING ? strndup(ex->str, ex->len) : NULL;
+        /* Jobs that are not the request's own event learn it from the record. */
+        if (j->req == &j->ev && j->ev.type != VD_EV_REQUEST_CREATED &&
+            ev->type == REDIS_REPLY_STRING && ev->len) {
+            char err[256];
+            struct vd_event *req = calloc(1, sizeof *req);
+            if (!req) abort();
+            if (vd_event_decode(ev->str, ev->len, VD_TOPIC_REQUESTS, req, err, sizeof err) == 0) {
+                j->req_own = req;
+                j->req = req;
+            } else {
+                vd_error("request %s: its stored event does not decode: %s", j->ev.request_id, err);
+                free(req);
+                want = 0;
+            }
+        }
+        for (size_t i = 0; facts->type == REDIS_REPLY_ARRAY && i < facts->elements; i++)
+            if (facts->element[i]->type == REDIS_REPLY_STRING)
+                publish_fact(j, facts->element[i]->str, facts->element[i]->len);
+    }
+    if (want == 1 && j->req->type != VD_EV_REQUEST_CREATED) {
+        vd_error("request %s: nothing to match with (no stored event)", j->ev.request_id);
+        want = 0;
+    }
+    return want == 1;
+}
+
+/* After a step: search and offer when the request wants it, else the job's Redis work is
+ * over. page is a search page that came with the reply, if any. */
+static void after_step(struct job *j, int want, const redisReply *page) {
+    if (!want) {
+        match_done(j);
+        return;
+    }
+    start_matching(j);
+    if (page && page->type == REDIS_REPLY_ARRAY && page->elements >= 3)
+        on_page(j, page);
+    else
+        search(j);
+}
+
+static void on_admit(struct job *j, redisReply *r) {
+    char tag[16], state[32];
+    int want = take_step(j, r, tag, sizeof tag);
+    el(r, 1, state, sizeof state);
+    if (strcmp(tag, "replay") == 0) {
+        j->d->stats.replays++;
+        vd_info("request %s: already %s; publishing its recorded outcome again", j->ev.request_id,
+                state);
+    } else if (strcmp(tag, "resume") == 0) {
+        vd_info("request %s: resuming a search an earlier run left unfinished", j->ev.request_id);
+    } else if (strcmp(state, "scheduled") == 0) {
+        j->d->stats.scheduled++;
+        vd_info("request %s: scheduled", j->ev.request_id);
+    }
+    after_step(j, want, r->elements > 7 ? r->element[7] : NULL);
+}
+
+static void admit(struct job *j) {
+    const struct vd_event *ev = j->req;
+    const struct vd_config *cfg = j->d->cfg;
+    struct args a;
+    char pool[VD_ID_MAX + 80];
+    pool_key(j, pool, sizeof pool);
+    request_call(j, &a, "vd_admit", 3 + ev->skills.n);
+    arg(&a, pool);
+    skill_keys(j, &a, pool);
+    request_args(j, &a);
+    argf(&a, "%d", ev->volunteers_needed);
+    int64_t at = ev->not_before_ms ? ev->not_before_ms - cfg->schedule_lead_ms : 0;
+    argf(&a, "%lld", (long long)at);
+    argf(&a, "%lld", (long long)ev->expires_at_ms);
+    a.v[a.n] = j->payload;
+    a.l[a.n++] = j->len;
+    argf(&a, "%.7f", ev->location.lat);
+    argf(&a, "%.7f", ev->location.lon);
+    int rmax = ev->max_distance_m ? ev->max_distance_m : cfg->radius_max_m;
+    argf(&a, "%d", cfg->radius_start_m < rmax ? cfg->radius_start_m : rmax);
+    argf(&a, "%d", cfg->candidates);
+    fcall(j, &a, on_admit);
+}
+
+static void on_offer(struct job *j, redisReply *r) {
+    char tag[16], buf[32];
+    int want = take_step(j, r, tag, sizeof tag);
+    int made = atoi(el(r, 8, buf, sizeof buf));
+    /* Whoever was not offered was taken meanwhile (or tired): never tried again here. Those
+     * offered have left the pool, so the next page starts that much nearer. */
     size_t tried = j->ncands < MAX_CLAIM ? j->ncands : MAX_CLAIM;
     j->seen = (size_t)j->seen > tried ? j->seen - (int)tried : 0;
     j->ncands = 0;
-    j->held = count_csv(held);
-    if (strcmp(state, "confirmed") == 0) {
-        publish_held(j, held, dists);
+    if (!want) {
         match_done(j);
         return;
     }
-    if (strcmp(state, "searching") != 0) {
-        /* Ended meanwhile (cancelled before we got here): nothing to publish. */
-        vd_info("request %s: %s while matching", j->ev.request_id, state);
-        match_done(j);
-        return;
-    }
-    if (++j->claim_rounds >= MAX_CLAIM_ROUNDS) {
+    if (made == 0 && ++j->claim_rounds >= MAX_CLAIM_ROUNDS) {
         finish_unmatched(j, VD_UNMATCHED_CONTENTION);
         return;
     }
     next_step(j);
 }
 
-static void claim(struct job *j) {
-    const struct vd_event *ev = &j->ev;
-    const struct vd_config *cfg = j->d->cfg;
+static void offer(struct job *j) {
     struct args a;
-    char req[VD_ID_MAX + 80];
-    req_key(j, req, sizeof req);
-    fcall_begin(&a, "vd_claim", 1);
-    arg(&a, req);
-    arg(&a, cfg->redis_key_prefix);
-    arg(&a, ev->request_id);
-    argf(&a, "%d", ev->volunteers_needed);
-    argf(&a, "%lld", (long long)now_ms());
-    argf(&a, "%d", cfg->redis_request_ttl_s);
-    argf(&a, "%d", cfg->max_tasks_per_day);
+    request_call(j, &a, "vd_offer", 2);
+    request_args(j, &a);
+    argf(&a, "%d", j->d->cfg->max_tasks_per_day);
     for (size_t i = 0; i < j->ncands && i < MAX_CLAIM; i++) {
         arg(&a, j->cands[i].id);
         argf(&a, "%.1f/%d/%d", j->cands[i].distance_m, j->radius, j->mstats.considered);
     }
-    fcall(j, &a, on_claim);
+    fcall(j, &a, on_offer);
 }
 
 static void on_finish(struct job *j, redisReply *r) {
-    char state[32], held[VD_MAX_NEEDED * (VD_ID_MAX + 1) + 1], dists[512];
-    el(r, 0, state, sizeof state);
-    el(r, 1, held, sizeof held);
-    el(r, 3, dists, sizeof dists);
-    if (strcmp(state, "unmatched") == 0) {
-        publish_held(j, held, dists);
-        if (r->elements > 2 && r->element[2]->type == REDIS_REPLY_STRING) {
-            char *u = strndup(r->element[2]->str, r->element[2]->len);
-            json_t *doc = json_loads(u, 0, NULL);
-            const char *reason = json_string_value(json_object_get(doc, "reason"));
-            for (int i = 0; reason && i < VD_UNMATCHED__COUNT; i++)
-                if (strcmp(reason, reason_names[i]) == 0) j->d->stats.unmatched[i]++;
-            json_decref(doc);
-            publish_unmatched(j, u);
-            free(u);
-        }
-    } else if (strcmp(state, "confirmed") == 0) {
-        publish_held(j, held, dists);
-    }
+    char tag[16];
+    take_step(j, r, tag, sizeof tag);
+    if (strcmp(tag, "wait") == 0)
+        vd_debug("request %s: nobody more to offer now; waiting for the outstanding answers",
+                 j->ev.request_id);
     match_done(j);
 }
 
 static void finish_unmatched(struct job *j, enum vd_unmatched_reason reason) {
-    const struct vd_event *ev = &j->ev;
-    const struct vd_config *cfg = j->d->cfg;
+    const struct vd_event *ev = j->req;
     json_t *filtered = json_object();
     for (int i = 0; i < VD_FILTER__COUNT; i++)
         if (j->mstats.filtered[i])
             json_object_set_new(filtered, vd_filter_name(i), json_integer(j->mstats.filtered[i]));
-    json_t *data = json_pack("{s:s, s:s, s:i, s:i, s:o, s:i, s:i, s:s, s:s}", "request_id",
-                             ev->request_id, "reason", reason_names[reason], "radius_m", j->radius,
+    json_t *data = json_pack("{s:s, s:s, s:i, s:i, s:o, s:i, s:i, s:s}", "request_id",
+                             j->ev.request_id, "reason", reason_names[reason], "radius_m", j->radius,
                              "candidates_considered", j->mstats.considered, "filtered", filtered,
                              "volunteers_needed", ev->volunteers_needed, "volunteers_missing",
-                             needed_left(j), "service", ev->service, "priority",
-                             vd_priority_name(ev->priority));
+                             j->open, "priority", vd_priority_name(ev->priority));
+    if (ev->service[0]) json_object_set_new(data, "service", json_string(ev->service));
     char *doc = json_dumps(data, JSON_COMPACT | JSON_SORT_KEYS);
     json_decref(data);
     if (!doc) abort();
     struct args a;
-    char req[VD_ID_MAX + 80];
-    req_key(j, req, sizeof req);
-    fcall_begin(&a, "vd_finish", 1);
-    arg(&a, req);
-    arg(&a, cfg->redis_key_prefix);
-    arg(&a, ev->request_id);
-    argf(&a, "%d", ev->volunteers_needed);
+    request_call(j, &a, "vd_finish", 2);
+    request_args(j, &a);
     arg(&a, doc);
-    argf(&a, "%d", cfg->redis_request_ttl_s);
+    argf(&a, "%d", ev->volunteers_needed);
+    if (ev->type == VD_EV_REQUEST_CREATED) {
+        a.v[a.n] = j->payload;
+        a.l[a.n++] = j->len;
+    } else {
+        arg(&a, "");
+    }
     fcall(j, &a, on_finish);
     free(doc);
 }
 
 static void run_request(struct job *j) {
-    const struct vd_event *ev = &j->ev;
-    const struct vd_config *cfg = j->d->cfg;
-    j->rmax = ev->max_distance_m ? ev->max_distance_m : cfg->radius_max_m;
-    j->radius = cfg->radius_start_m < j->rmax ? cfg->radius_start_m : j->rmax;
-    j->seen = 0;
-    j->first = 1;
-    j->claim_rounds = 0;
-    j->ncands = 0;
-    j->held = 0;
-    j->lacking_skill = 0;
-    memset(&j->mstats, 0, sizeof j->mstats);
-    j->started_us = now_us();
+    const struct vd_event *ev = j->req;
+    j->open = ev->volunteers_needed;
     if (ev->expires_at_ms && now_ms() >= ev->expires_at_ms) {
+        start_matching(j);
         finish_unmatched(j, VD_UNMATCHED_EXPIRED);
         return;
     }
-    search(j);
+    admit(j);
+}
+
+static void on_respond(struct job *j, redisReply *r) {
+    char tag[16], why[128];
+    int want = take_step(j, r, tag, sizeof tag);
+    if (strcmp(tag, "ignored") == 0) {
+        j->d->stats.ignored_responses++;
+        vd_info("offer %s of request %s to volunteer %s: %s ignored: %s", j->ev.offer_id,
+                j->ev.request_id, j->ev.volunteer_id, vd_event_type_name(j->ev.type),
+                el(r, 8, why, sizeof why));
+    }
+    after_step(j, want, NULL);
+}
+
+static void run_respond(struct job *j) {
+    struct args a;
+    request_call(j, &a, "vd_respond", 2);
+    request_args(j, &a);
+    arg(&a, j->ev.volunteer_id);
+    arg(&a, j->ev.offer_id);
+    arg(&a, j->ev.type == VD_EV_OFFER_ACCEPTED ? "accept" : "decline");
+    fcall(j, &a, on_respond);
+}
+
+static void on_tick(struct job *j, redisReply *r) {
+    char tag[16];
+    int want = take_step(j, r, tag, sizeof tag);
+    after_step(j, want, NULL);
+}
+
+/* A request whose due time came (scheduled start, offer deadline, expiry, a lapsed lease). */
+static void run_tick(struct job *j) {
+    struct args a;
+    j->d->stats.due_runs++;
+    request_call(j, &a, "vd_tick", 2);
+    request_args(j, &a);
+    fcall(j, &a, on_tick);
 }
 
 /* ---- cancel, complete, responses ---- */
@@ -886,8 +1212,9 @@ static void run_simple(struct job *j, const char *fn, reply_fn *cb) {
     struct args a;
     char req[VD_ID_MAX + 80];
     req_key(j, req, sizeof req);
-    fcall_begin(&a, fn, 1);
+    fcall_begin(&a, fn, cb == on_cancel ? 2 : 1);
     arg(&a, req);
+    if (cb == on_cancel) argf(&a, "%sdue", cfg->redis_key_prefix);
     arg(&a, cfg->redis_key_prefix);
     arg(&a, j->ev.request_id);
     if (cb == on_cancel)
@@ -898,10 +1225,13 @@ static void run_simple(struct job *j, const char *fn, reply_fn *cb) {
 }
 
 static void run_job(struct job *j) {
-    struct vd_dispatch *d = j->d;
     if (j->error) {
         dead_letter(j, j->error);
         redis_done(j);
+        return;
+    }
+    if (j->tick) {
+        run_tick(j);
         return;
     }
     switch (j->ev.type) {
@@ -922,11 +1252,7 @@ static void run_job(struct job *j) {
     case VD_EV_OFFER_ACCEPTED:
     case VD_EV_OFFER_DECLINED:
     default:
-        /* Direct mode makes no offers: an answer to one is late or stray. Counted, not an error. */
-        d->stats.ignored_responses++;
-        vd_info("offer %s for request %s: ignored (no offer is outstanding in direct mode)",
-                j->ev.offer_id, j->ev.request_id);
-        redis_done(j);
+        run_respond(j);
         break;
     }
 }
@@ -994,6 +1320,7 @@ void vd_dispatch_on_message(void *arg, rd_kafka_message_t *m, enum vd_topic_kind
     j->part = p;
     j->gen = p->gen;
     j->offset = m->offset;
+    j->req = &j->ev;
     j->len = m->len;
     j->payload = malloc(m->len ? m->len : 1);
     if (!j->payload) abort();
@@ -1038,6 +1365,10 @@ struct vd_dispatch *vd_dispatch_new(uv_loop_t *loop, const struct vd_config *cfg
     if (!d) return NULL;
     d->loop = loop;
     d->cfg = cfg;
+    /* Internal jobs live in a part of their own; "(due)" can be no Kafka topic's name. */
+    d->timers = find_part(d, "(due)", 0, 1, VD_TOPIC_REQUESTS);
+    d->timers->assigned = 1;
+    d->timers->internal = 1;
     static const double bounds[] = {0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5};
     vd_histogram_init(&d->stats.match_seconds, bounds, sizeof bounds / sizeof bounds[0]);
     return d;
@@ -1050,6 +1381,8 @@ void vd_dispatch_attach(struct vd_dispatch *d, struct vd_redis *redis, struct vd
 
 void vd_dispatch_cron(struct vd_dispatch *d) {
     for (struct part *p = d->parts; p; p = p->next) kick(p);
+    flush_settles(d);
+    poll_due(d);
     /* Back-pressure: stop fetching while too much waits in memory (e.g. Redis is down). */
     uint64_t limit = (uint64_t)d->cfg->max_inflight;
     if (!vd_kafka_is_paused(d->kafka) && d->stats.jobs_in_memory >= limit)
@@ -1063,8 +1396,12 @@ void vd_dispatch_stop(struct vd_dispatch *d) {
     for (struct part *p = d->parts; p; p = p->next) drop_queue(p);
 }
 
+void vd_dispatch_flush(struct vd_dispatch *d) { flush_settles(d); }
+
 int vd_dispatch_idle(const struct vd_dispatch *d) {
-    return d->running == 0 && d->stats.jobs_in_memory == 0;
+    /* Settles still to send count only while Redis can take them. */
+    int settling = vd_redis_is_ready(d->redis) && (d->nsettles > 0 || d->settles_in_flight > 0);
+    return d->running == 0 && d->stats.jobs_in_memory == 0 && !settling;
 }
 
 const struct vd_dispatch_stats *vd_dispatch_stats(const struct vd_dispatch *d) { return &d->stats; }

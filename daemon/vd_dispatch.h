@@ -3,7 +3,7 @@
  * Every consumed message becomes a job. Jobs of one partition run one after another, in
  * offset order (events of one request or one volunteer share a key, so their order holds);
  * partitions run concurrently. A job decodes its event (invalid: one dead letter), runs its
- * Redis Functions (a match is typically two round trips: vd_search, then vd_claim), then
+ * Redis Functions (a match is typically two round trips: vd_admit, then vd_offer), then
  * produces its outputs. It is finished once Kafka acknowledged every output; only then does
  * its offset count toward the partition's commit watermark (vd_offsets). A Redis failure puts
  * the job back at the head of its partition to run again once Redis is back; every Function
@@ -31,8 +31,24 @@ enum vd_unmatched_reason {
     VD_UNMATCHED_NO_ELIGIBLE_VOLUNTEER,     /* volunteers in range, all filtered out */
     VD_UNMATCHED_CONTENTION,                /* eligible volunteers kept being taken by others */
     VD_UNMATCHED_EXPIRED,                   /* expires_at passed before a match */
+    VD_UNMATCHED_ALL_DECLINED,              /* offers declined or unanswered until none was left
+                                               to make (max_offers, or nobody else in range) */
     VD_UNMATCHED__COUNT
 };
+
+/* How offers ended (vd_offers_total{result}); "made" counts every offer. */
+enum vd_offer_result {
+    VD_OFFER_MADE = 0,
+    VD_OFFER_ACCEPTED,
+    VD_OFFER_DECLINED,
+    VD_OFFER_TIMED_OUT,
+    VD_OFFER_EXPIRED, /* the request expired while the offer was out */
+    VD_OFFER__COUNT
+};
+
+/* How long a running step may hold a request before any instance takes it up again: a
+ * search in progress, or facts waiting for Kafka (see vd_settle in vdispatch.lua). */
+#define VD_LEASE_MS 5000
 
 struct vd_dispatch_stats {
     uint64_t inputs[VD_EV__COUNT];
@@ -42,6 +58,9 @@ struct vd_dispatch_stats {
     uint64_t replays;                /* requests that already had an outcome */
     uint64_t ignored_responses;      /* late, duplicate or mismatched responses */
     uint64_t cancelled, completed;
+    uint64_t offers[VD_OFFER__COUNT];
+    uint64_t scheduled;              /* requests that waited for their not_before */
+    uint64_t due_runs;               /* requests taken up because their due time came */
     uint64_t redis_calls, redis_retries;
     uint64_t jobs_in_memory;
     uint64_t match_latency_us_sum, matches;
@@ -66,11 +85,14 @@ void vd_dispatch_cron(struct vd_dispatch *d);
 
 /* Graceful stop: start no new job (queued ones stay uncommitted for the next owner). */
 void vd_dispatch_stop(struct vd_dispatch *d);
+/* While stopping: sends what is left to tell Redis (facts that reached Kafka). */
+void vd_dispatch_flush(struct vd_dispatch *d);
 /* 1 when no job is running and no output is waiting for its acknowledgement. */
 int vd_dispatch_idle(const struct vd_dispatch *d);
 
 const struct vd_dispatch_stats *vd_dispatch_stats(const struct vd_dispatch *d);
 const char *vd_unmatched_reason_name(enum vd_unmatched_reason r);
+const char *vd_offer_result_name(enum vd_offer_result r);
 
 void vd_dispatch_free(struct vd_dispatch *d);
 

@@ -48,6 +48,7 @@ DAEMON_PREFIX = "vd:"
 # Constants of daemon/vd_dispatch.c and common/vd_match.h.
 MAX_CLAIM = 32
 MAX_CLAIM_ROUNDS = 4
+MAX_OFFERS = 5  # matching.max_offers; direct mode confirms the first offer, so it never binds
 SCORE_TASK_M = 150.0
 SCORE_PREFERRED_M = 300.0
 DAY_MS = 86400000
@@ -471,7 +472,7 @@ def list_has(csv, tag):
 class PyMatcher:
     """The daemon's matching (daemon/vd_dispatch.c, common/vd_match.c, vd_search in
     daemon/vdispatch.lua) in plain Python over plain Redis commands, one request at a time.
-    The claim and the unmatched record use the same Functions (vd_claim, vd_finish), so the
+    The claim and the unmatched record use the same Functions (vd_offer, vd_finish), so the
     guarantees and the Redis state are the daemon's. pipelined=False: every command is its
     own round trip; True: the independent reads of one step go in one round trip.
     It mirrors the steps of on_search/on_claim/next_step; when those change, change it too:
@@ -492,9 +493,14 @@ class PyMatcher:
                "candidates_considered": considered, "filtered": dict(filtered),
                "volunteers_needed": q.needed, "volunteers_missing": q.needed - held,
                "service": q.service, "priority": q.priority}
-        r = self.c.call("FCALL", "vd_finish", 1, rkey, self.p, q.rid, q.needed,
-                        json.dumps(doc, sort_keys=True, separators=(",", ":")), REQUEST_TTL_S)
-        self.outcomes["unmatched:" + reason if r[0] == "unmatched" else r[0]] += 1
+        r = self.c.call("FCALL", "vd_finish", 2, rkey, self.p + "due", *self._common(q),
+                        json.dumps(doc, sort_keys=True, separators=(",", ":")), q.needed, "")
+        state = r[1]
+        self.outcomes["unmatched:" + reason if state in ("unmatched", "expired") else state] += 1
+
+    def _common(self, q):
+        """The ARGV every request Function starts with (direct mode: offer_timeout_ms 0)."""
+        return (self.p, q.rid, int(time.time() * 1000), REQUEST_TTL_S, 5000, MAX_OFFERS, 0)
 
     def match(self, q):
         c, p = self.c, self.p
@@ -514,12 +520,16 @@ class PyMatcher:
                 self.searches += 1
                 pre = []
                 if first:
-                    pre.append(("HMGET", rkey, "state", "held", "unmatched"))
+                    # The record vd_admit would make (the daemon's first call does this and
+                    # the first search in one Function; here plain commands, same round trip).
+                    pre += [("HMGET", rkey, "state", "held", "unmatched"),
+                            ("HSETNX", rkey, "state", "searching"), ("HSETNX", rkey, "needed", q.needed)]
                 sets = [pool + ":s:" + s for s in q.skills]
                 pre += [("ZCARD", k) for k in sets]
                 r = self._reads(pre)
                 if first:
                     st = r.pop(0)
+                    r = r[2:]
                     first = False
                     if st[0] is not None:
                         if st[0] != "searching":
@@ -572,13 +582,13 @@ class PyMatcher:
                 argv = []
                 for _, vid, dist in cands[:MAX_CLAIM]:
                     argv += [vid, "%.1f/%d/%d" % (dist, radius, considered)]
-                r = c.call("FCALL", "vd_claim", 1, rkey, p, q.rid, q.needed,
-                           int(time.time() * 1000), REQUEST_TTL_S, MAX_TASKS_PER_DAY, *argv)
+                r = c.call("FCALL", "vd_offer", 2, rkey, p + "due", *self._common(q),
+                           MAX_TASKS_PER_DAY, *argv)
                 seen = max(seen - min(len(cands), MAX_CLAIM), 0)
                 cands = []
-                held = len(r[1].split(",")) if r[1] else 0
-                if r[0] != "searching":
-                    self.outcomes[r[0]] += 1
+                held = q.needed - int(r[2])
+                if r[1] != "searching":
+                    self.outcomes[r[1]] += 1
                     return None
                 claim_rounds += 1
                 if claim_rounds >= MAX_CLAIM_ROUNDS:

@@ -138,7 +138,7 @@ def check_redis(redis, chosen):
             if state != "confirmed" or _split(held) != [vid]:
                 problems.append("%s: published confirmed %s, Redis has %s %r"
                                 % (rid, vid, state, held))
-        elif state != "unmatched":
+        elif state not in ("unmatched", "expired"):
             problems.append("%s: published unmatched, Redis has state %s" % (rid, state))
     assert not problems, "%d Redis inconsistencies: %s" % (len(problems), problems[:8])
     vdtest.log("redis: %d volunteers (%d held, %d pooled), %d request records, consistent"

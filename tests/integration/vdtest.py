@@ -1055,6 +1055,11 @@ def now_rfc3339(offset_s=0.0):
     return t.strftime("%Y-%m-%dT%H:%M:%S.") + "%03dZ" % (t.microsecond // 1000)
 
 
+def parse_time(s):
+    """An RFC 3339 time as the daemon writes it ("...T08:00:00.000Z") -> seconds since the epoch."""
+    return datetime.strptime(s.replace("Z", "+0000"), "%Y-%m-%dT%H:%M:%S.%f%z").timestamp()
+
+
 def cloudevent(type_, data, source="/vdtest", id=None, time_=None):
     """A structured-mode CloudEvent 1.0 dict."""
     return {
