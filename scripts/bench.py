@@ -999,7 +999,7 @@ def main():
     row("Redis time inside the Functions per match, by command",
         ", ".join("%s %.0f us" % (k, v[1] / max(matches, 1)) for k, v in
                   sorted(inner, key=lambda kv: -kv[1][1])[:6]))
-    row("Redis usec_per_call: fcall_ro (vd_search) / fcall (claim, finish)",
+    row("Redis usec_per_call: fcall_ro (vd_search) / fcall (admit, offer, finish, settle)",
         "%.1f / %.1f us" % (fro[1] / max(fro[0], 1), fc[1] / max(fc[0], 1)))
     busy_us = fro[1] + fc[1]
     row("Redis time in Functions per match / share of the burst",
@@ -1030,7 +1030,7 @@ def main():
     row("daemon / Redis-bound search capacity (pool as loaded)", "%.3f" % (daemon_rate / geo_cap))
     print("  (b) daemon vs the same match logic in plain Python, one request at a time, same Redis,")
     print("      an identical copy of the pool, requests from a pre-generated list: NO Kafka on the")
-    print("      Python side (no consume, no publish); claim and unmatched via FCALL vd_claim/vd_finish")
+    print("      Python side (no consume, no publish); offers and unmatched via FCALL vd_offer/vd_finish")
     for label, r, rate in (("Python, one command per round trip", pa, pa_rate),
                            ("Python, each step's reads pipelined", pp, pp_rate)):
         row(label, "%s  (%.2f s; %.1f round trips/match; outcomes %s)" % (

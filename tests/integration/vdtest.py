@@ -174,6 +174,10 @@ def _pdeathsig(sig):
     return fn
 
 
+# For helper processes a test starts itself (e.g. a long-running kcat): preexec_fn=pdeathsig(sig).
+pdeathsig = _pdeathsig
+
+
 def _stop_process(proc, sig=signal.SIGTERM, timeout=10):
     """Sends sig, waits up to timeout, then SIGKILLs. Returns the exit status."""
     if proc.poll() is None:
