@@ -447,6 +447,17 @@ static void job_free(struct job *j) {
     free(j);
 }
 
+/* A new job joins the live list and the tail of its partition's queue. */
+static void job_enqueue(struct part *p, struct job *j) {
+    struct vd_dispatch *d = j->d;
+    d->stats.jobs_in_memory++;
+    j->all_next = d->all;
+    if (d->all) d->all->all_prev = j;
+    d->all = j;
+    if (p->tail) p->tail->next = j; else p->head = j;
+    p->tail = j;
+}
+
 /* ---- settling facts, taking due requests ---- */
 
 static void on_settled(struct vd_redis *r, redisReply *reply, void *arg) {
@@ -523,12 +534,7 @@ static void on_due(struct vd_redis *r, redisReply *reply, void *arg) {
         snprintf(j->ev.request_id, sizeof j->ev.request_id, "%s", rid);
         snprintf(j->key, sizeof j->key, "%s", rid);
         d->timer_jobs++;
-        d->stats.jobs_in_memory++;
-        j->all_next = d->all;
-        if (d->all) d->all->all_prev = j;
-        d->all = j;
-        if (p->tail) p->tail->next = j; else p->head = j;
-        p->tail = j;
+        job_enqueue(p, j);
     }
     kick(p);
 }
@@ -1337,12 +1343,7 @@ void vd_dispatch_on_message(void *arg, rd_kafka_message_t *m, enum vd_topic_kind
         snprintf(j->key, sizeof j->key, "%s",
                  kind == VD_TOPIC_VOLUNTEERS ? j->ev.volunteer_id : j->ev.request_id);
     }
-    d->stats.jobs_in_memory++;
-    j->all_next = d->all;
-    if (d->all) d->all->all_prev = j;
-    d->all = j;
-    if (p->tail) p->tail->next = j; else p->head = j;
-    p->tail = j;
+    job_enqueue(p, j);
     kick(p);
 }
 
