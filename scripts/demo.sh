@@ -6,10 +6,14 @@
 # stations, then residents' requests arrive), waits until every request has its outcome on
 # vd.assignments, prints the summary (scripts/summary.py) and stops everything.
 #
-# Usage: scripts/demo.sh [--volunteers N] [--requests N] [--seed N] [--keep] [--no-install]
+# Usage: scripts/demo.sh [--volunteers N] [--requests N] [--seed N] [--offers] [--keep] [--no-install]
 #   --volunteers N   volunteers on duty (default 3000; env VD_DEMO_VOLUNTEERS)
 #   --requests N     residents' requests (default 1000; env VD_DEMO_REQUESTS)
 #   --seed N         scenario seed (default 1; env VD_DEMO_SEED)
+#   --offers         offer mode: each match is an offer (6 s to answer, env VD_DEMO_OFFER_MS)
+#                    that simulated phones (scripts/volunteer_app.py) accept (80%), decline
+#                    (10%) or leave unanswered after 0.5-4 s; declines and timeouts go to the
+#                    next best volunteer
 #   --keep           keep the temp dir (logs, configs, topic dumps; env VD_DEMO_KEEP=1);
 #                    it is also kept when the demo fails, and removed after Ctrl-C
 #   --no-install     skip scripts/install-deps.sh (env VD_DEMO_NO_INSTALL=1)
@@ -31,6 +35,8 @@ requests=${VD_DEMO_REQUESTS:-1000}
 seed=${VD_DEMO_SEED:-1}
 VD_KEEP=${VD_DEMO_KEEP:-0}
 no_install=${VD_DEMO_NO_INSTALL:-0}
+offers=0
+offer_ms=${VD_DEMO_OFFER_MS:-6000}
 timeout=${VD_DEMO_TIMEOUT:-180}
 build=${VD_BUILD_DIR:-$ROOT/build}
 vd_set_args VD_DEMO_SET
@@ -41,12 +47,13 @@ while [ $# -gt 0 ]; do
     --requests) vd_need_arg "$@"; requests=$2; shift 2 ;;
     --seed) vd_need_arg "$@"; seed=$2; shift 2 ;;
     --keep) VD_KEEP=1; shift ;;
+    --offers) offers=1; shift ;;
     --no-install) no_install=1; shift ;;
     -h|--help) vd_usage; exit 0 ;;
     *) vd_die "unknown option '$1' (see --help)" ;;
   esac
 done
-for v in volunteers requests seed timeout; do
+for v in volunteers requests seed timeout offer_ms; do
   [[ ${!v} =~ ^[0-9]+$ ]] || vd_die "$v must be a whole number, got '${!v}'"
 done
 [ "$volunteers" -ge 100 ] || vd_die "--volunteers must be at least 100"
@@ -86,6 +93,9 @@ vd_say "Kafka mock cluster at $brokers (pid $VD_MOCK_PID)"
 # ---- 4. the daemon -------------------------------------------------------------------------------
 
 vd_write_config demo vdispatch-demo "" info
+if [ "$offers" = 1 ]; then
+  VD_SET_ARGS=(--set "matching.offer_timeout_ms=$offer_ms" --set matching.max_offers=3 "${VD_SET_ARGS[@]}")
+fi
 vd_check_config "$build" demo "${VD_SET_ARGS[@]}"
 daemon_logged_ready() { grep -q '"msg":"ready' "$tmp/daemon.log" 2>/dev/null; }
 vd_start_daemon "$build" 0.1 "did not log 'ready'" daemon_logged_ready "${VD_SET_ARGS[@]}"
@@ -143,6 +153,13 @@ vd_say "volunteer pools ready: $status"
 
 # ---- 7. requests: wait until each has its outcome on vd.assignments ----------------------------
 
+if [ "$offers" = 1 ]; then
+  python3 "$ROOT/scripts/volunteer_app.py" --brokers "$brokers" --produce "$build/vd-produce" \
+    --seed "$seed" --stats "$tmp/app.json" 2>"$tmp/app.err" &
+  VD_APP_PID=$!
+  vd_say "offer mode: ${offer_ms} ms to answer; the volunteers' phones answer (pid $VD_APP_PID)"
+fi
+
 dump() {  # dump TOPIC FILE: the whole topic as kcat -J lines; FILE appears complete or not at all
   kcat -C -b "$brokers" -t "$1" -o beginning -e -J -q >"$2.part" 2>"$2.err" && mv "$2.part" "$2"
 }
@@ -183,6 +200,13 @@ while :; do
 done
 match_s=$(awk -v a="$t_req" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
 vd_say "all $requests requests have an outcome (${match_s} s after producing them)"
+if [ "$offers" = 1 ]; then
+  vd_stop "$VD_APP_PID" volunteer_app.py 5 || true
+  VD_APP_PID=""
+  app=$(python3 -c 'import json, sys; d = json.load(open(sys.argv[1])); print("%(offers)d offers seen: %(accepted)d accepted, %(declined)d declined, %(silent)d left unanswered" % d)' "$tmp/app.json" 2>/dev/null) ||
+    app="no stats ($(cat "$tmp/app.err" 2>/dev/null))"
+  vd_say "volunteers' phones: $app"
+fi
 dump vd.notifications "$tmp/topics/notifications.jsonl" || true
 notif=$(wc -l <"$tmp/topics/notifications.jsonl" 2>/dev/null || echo 0)
 notif_by_type=$(python3 - "$tmp/topics/notifications.jsonl" <<'EOF'

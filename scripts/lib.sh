@@ -130,6 +130,7 @@ VD_REDIS_PORT=""
 VD_MOCK_PID=""
 VD_BROKERS=""
 VD_DAEMON_PID=""
+VD_APP_PID=""   # scripts/volunteer_app.py, when the demo runs with offers
 VD_KEEP=0
 
 # vd_stack_cleanup_on_exit WHAT: on exit, stops what was started and removes VD_TMP; it is kept
@@ -158,6 +159,8 @@ _vd_stack_cleanup() {
 
 # Stops whatever of the stack still runs: the daemon first, while Kafka and Redis are still up.
 vd_stop_stack() {
+  vd_stop "$VD_APP_PID" volunteer_app.py 5 || true
+  VD_APP_PID=""
   vd_stop "$VD_DAEMON_PID" vdispatchd 12 || true
   VD_DAEMON_PID=""
   exec 7>&-                                     # the Kafka mock's stdin: EOF makes it exit

@@ -121,6 +121,7 @@ def analyse(req_recs, asg_recs, dl_recs, scenario=None):
     conflicts = set()
     out_msgs = 0
     other_types = {}
+    withdrawn = {}  # reason -> offers withdrawn (offer mode)
     for rec in sorted(asg_recs, key=lambda r: (r.get("ts") or 0, r.get("partition", 0), r.get("offset", 0))):
         e = event_of(rec)
         if e is None:
@@ -144,6 +145,9 @@ def analyse(req_recs, asg_recs, dl_recs, scenario=None):
                 unmatched[rid] = d
         else:
             other_types[t] = other_types.get(t, 0) + 1
+            if t == "vd.assignment.withdrawn":
+                why = str(d.get("reason", "?"))
+                withdrawn[why] = withdrawn.get(why, 0) + 1
             continue
         req = requests.get(rid)
         if req and rid not in resolved_ts and (
@@ -202,6 +206,8 @@ def analyse(req_recs, asg_recs, dl_recs, scenario=None):
                        "max": max(lat) if lat else None},
         "assignment_messages": out_msgs,
         "other_assignment_events": other_types,
+        "offer_withdrawals": sum(withdrawn.values()),
+        "withdrawn_by_reason": withdrawn,
         "outcomes_for_unknown_requests": len((set(confirmed) | set(unmatched)) - set(requests)),
         "requests_with_conflicting_outcomes": len(conflicts),
         "volunteers_assigned_to_several_requests": sum(1 for s in vol_requests.values() if len(s) > 1),
@@ -258,6 +264,11 @@ def print_table(r):
         ("latency p50 / p99", f"{fmt(r['latency_ms']['p50'])} / {fmt(r['latency_ms']['p99'])} ms",
          f"max {fmt(r['latency_ms']['max'])} ms (request message to outcome message)"),
     ]
+    offers = r["other_assignment_events"].get("vd.assignment.offered", 0)
+    if offers:
+        rows.append(("offers made", fmt(offers),
+                     f"{r['offer_withdrawals']} withdrawn (" +
+                     ", ".join(f"{k} {v}" for k, v in sorted(r["withdrawn_by_reason"].items())) + ")"))
     if "dead_letters" in r:
         detail = ", ".join(f"{k} {v}" for k, v in r["dead_letters_by_field"].items())
         rows.append(("dead letters", fmt(r["dead_letters"]), detail))
