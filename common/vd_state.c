@@ -20,6 +20,7 @@ static const unsigned moves[VD_STATE__COUNT] = {
                          B(VD_STATE_EXPIRED) | B(VD_STATE_CANCELLED),
     [VD_STATE_CONFIRMED] = B(VD_STATE_COMPLETED) | B(VD_STATE_CANCELLED),
     [VD_STATE_UNMATCHED] = B(VD_STATE_CANCELLED),
+    [VD_STATE_EXPIRED] = B(VD_STATE_CANCELLED),
 };
 
 const char *vd_state_name(enum vd_state s) {

@@ -16,9 +16,11 @@ enum vd_state {
     VD_STATE_CONFIRMED,    /* every needed volunteer accepted (or was assigned, direct mode) */
     VD_STATE_COMPLETED,    /* end: every confirmed volunteer reported the task done */
     VD_STATE_UNMATCHED,    /* end: volunteers missing (nobody in range, none eligible, all
-                              declined, contention); those confirmed keep their task */
+                              declined, contention); those confirmed keep their task, and a
+                              cancel (only then) releases them */
     VD_STATE_CANCELLED,    /* end: the resident or a coordinator cancelled; everyone released */
-    VD_STATE_EXPIRED,      /* end: expires_at passed before every volunteer was confirmed */
+    VD_STATE_EXPIRED,      /* end: expires_at passed before every volunteer was confirmed; as
+                              for unmatched, a cancel releases those confirmed */
     VD_STATE__COUNT
 };
 

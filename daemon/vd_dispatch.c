@@ -71,6 +71,7 @@ struct job {
     struct vd_event ev;
     uint64_t started_us;
     int tick;                 /* an internal job: the request's due time came (no input) */
+    int abandoned;            /* will not run here again; lives on only for Kafka's acks */
     /* The request being matched: &ev for its own vd.request.created, else decoded from the
      * event stored with its record (req_own). */
     struct vd_event *req, *req_own;
@@ -406,8 +407,9 @@ static void publish_fact(struct job *j, const char *line, size_t len) {
         free(buf);
         return;
     }
-    j->settle_seq = seq;
     const char *kind = n > 1 ? f[1] : "";
+    /* Only what was published may be settled: an unknown kind (a newer library's) is not. */
+    int known = 1;
     if (strcmp(kind, "offered") == 0 && n >= 7) {
         publish_offered(j, f[2], f[3], atoi(f[4]), atoll(f[5]), parse_note(f[6]));
         if (count) d->stats.offers[VD_OFFER_MADE]++;
@@ -427,7 +429,9 @@ static void publish_fact(struct job *j, const char *line, size_t len) {
         publish_unmatched(j, f[2], count);
     } else {
         vd_error("request %s: unknown fact %.*s", j->ev.request_id, (int)len, line);
+        known = 0;
     }
+    if (known) j->settle_seq = seq;
     free(buf);
 }
 
@@ -503,11 +507,11 @@ static void settle_later(struct vd_dispatch *d, const char *rid, long long seq) 
 
 static void kick(struct part *p);
 
+/* 1 when a due run of the request is still in memory: queued, running, or waiting for Kafka
+ * to acknowledge its outputs (a slow Kafka must not multiply them lease after lease). */
 static int timer_job_for(const struct vd_dispatch *d, const char *rid) {
-    for (const struct job *j = d->timers->head; j; j = j->next)
-        if (strcmp(j->key, rid) == 0) return 1;
-    for (const struct job *j = d->timers->running; j; j = j->rnext)
-        if (strcmp(j->key, rid) == 0) return 1;
+    for (const struct job *j = d->all; j; j = j->all_next)
+        if (j->tick && strcmp(j->key, rid) == 0) return 1;
     return 0;
 }
 
@@ -560,10 +564,26 @@ static void poll_due(struct vd_dispatch *d) {
 static void maybe_finish(struct job *j) {
     if (j->stage != STAGE_PUBLISHED || j->pending > 0) return;
     struct part *p = j->part;
-    if (!p->internal && j->gen == p->gen && p->assigned &&
-        vd_offsets_done(&p->offs, j->offset) == 1)
-        vd_kafka_store_offset(j->d->kafka, p->topic, p->partition, p->offs.next);
-    if (j->settle_seq > 0) settle_later(j->d, j->ev.request_id, j->settle_seq);
+    if (!j->abandoned) {
+        if (!p->internal && j->gen == p->gen && p->assigned &&
+            vd_offsets_done(&p->offs, j->offset) == 1)
+            vd_kafka_store_offset(j->d->kafka, p->topic, p->partition, p->offs.next);
+        if (j->settle_seq > 0) settle_later(j->d, j->ev.request_id, j->settle_seq);
+    }
+    job_free(j);
+}
+
+/* Drops a job that will not run here again (revoked, stopping, given up). One that published
+ * facts before its next step failed still has delivery reports to come: it lives until the
+ * last one, moving no offset and settling nothing (its input is redelivered to whoever owns
+ * it next; its facts are published again under the lease). */
+static void job_abandon(struct job *j) {
+    j->next = NULL;
+    if (j->pending > 0) {
+        j->abandoned = 1;
+        j->stage = STAGE_PUBLISHED;
+        return;
+    }
     job_free(j);
 }
 
@@ -644,6 +664,15 @@ static void redis_failed(struct job *j, const redisReply *reply) {
     struct vd_dispatch *d = j->d;
     struct part *p = j->part;
     d->stats.redis_retries++;
+    if (reply && j->tick && ++j->redis_errors >= MAX_REDIS_ERRORS) {
+        /* No input to dead-letter: the due set keeps the request; the lease brings it back. */
+        vd_error("request %s: giving up its due run after %d Redis errors: %.*s",
+                 j->ev.request_id, j->redis_errors, (int)reply->len, reply->str ? reply->str : "");
+        running_remove(p, j);
+        job_abandon(j);
+        kick(p);
+        return;
+    }
     if (reply && ++j->redis_errors >= MAX_REDIS_ERRORS) {
         char err[600];
         snprintf(err, sizeof err, "redis: %.*s", (int)reply->len, reply->str ? reply->str : "");
@@ -661,7 +690,7 @@ static void redis_failed(struct job *j, const redisReply *reply) {
     p->retry_at = uv_now(d->loop) + 100;
     if (j->gen != p->gen || d->stopping) {
         /* Revoked or stopping: the next owner (or the next start) runs it again. */
-        job_free(j);
+        job_abandon(j);
         return;
     }
     j->next = p->head;
@@ -1089,7 +1118,7 @@ static void finish_unmatched(struct job *j, enum vd_unmatched_reason reason) {
     request_args(j, &a);
     arg(&a, doc);
     argf(&a, "%d", ev->volunteers_needed);
-    if (ev->type == VD_EV_REQUEST_CREATED) {
+    if (j->ev.type == VD_EV_REQUEST_CREATED && !j->tick) {
         a.v[a.n] = j->payload;
         a.l[a.n++] = j->len;
     } else {
@@ -1223,10 +1252,13 @@ static void run_simple(struct job *j, const char *fn, reply_fn *cb) {
     if (cb == on_cancel) argf(&a, "%sdue", cfg->redis_key_prefix);
     arg(&a, cfg->redis_key_prefix);
     arg(&a, j->ev.request_id);
-    if (cb == on_cancel)
+    if (cb == on_cancel) {
         argf(&a, "%d", cfg->redis_request_ttl_s);
-    else
+        argf(&a, "%lld", (long long)now_ms());
+        argf(&a, "%d", VD_LEASE_MS);
+    } else {
         arg(&a, j->ev.volunteer_id);
+    }
     fcall(j, &a, cb);
 }
 
@@ -1284,7 +1316,7 @@ static void drop_queue(struct part *p) {
     while (p->head) {
         struct job *j = p->head;
         p->head = j->next;
-        job_free(j);
+        job_abandon(j);
     }
     p->tail = NULL;
 }

@@ -113,7 +113,8 @@ local MOVES = {
   offered   = {searching = true, confirmed = true, unmatched = true, expired = true, cancelled = true},
   confirmed = {completed = true, cancelled = true},
   unmatched = {cancelled = true},
-  completed = {}, cancelled = {}, expired = {},
+  expired   = {cancelled = true},
+  completed = {}, cancelled = {},
 }
 local ACTIVE = {scheduled = true, searching = true, offered = true}
 
@@ -148,7 +149,10 @@ local function save(c, r)
   redis.call('HSET', c.rkey, 'state', r.state, 'needed', r.needed, 'held', table.concat(r.held, ','),
              'offers', table.concat(r.offers, ','), 'tried', table.concat(r.tried, ','),
              'attempts', r.attempts, 'seq', r.seq)
-  redis.call('EXPIRE', c.rkey, c.ttl)
+  -- A request scheduled further ahead than the TTL is kept until its start, and the TTL after.
+  local ttl = c.ttl
+  if r.at > c.now then ttl = ttl + math.ceil((r.at - c.now) / 1000) end
+  redis.call('EXPIRE', c.rkey, ttl)
 end
 
 local function has(list, x)
@@ -206,7 +210,7 @@ end
 --[[ When someone must look at the request next: the scheduled start, the earliest offer
 deadline, expires_at; and at most a lease away while a search runs or facts wait for Kafka,
 so that a request whose worker died is taken up again by any instance. ]]
-local function set_due(c, r)
+local function set_due(c, r, keep_lease)
   local t = nil
   local function at(x) if x > 0 and (t == nil or x < t) then t = x end end
   if ACTIVE[r.state] then
@@ -216,9 +220,14 @@ local function set_due(c, r)
       at(deadline)
     end
     if r.state ~= 'scheduled' then at(r.exp) end
-    if r.state == 'searching' then at(c.now + c.lease) end
+    if r.state == 'searching' or r.busy then at(c.now + c.lease) end
   end
   if r.seq > r.pub then at(c.now + c.lease) end
+  if t and t <= c.now and keep_lease then
+    -- Overdue, but an instance holds it under a lease (vd_settle): leave it theirs.
+    local cur = tonumber(redis.call('ZSCORE', c.due, c.rid))
+    if cur and cur > c.now then t = cur end
+  end
   if t then redis.call('ZADD', c.due, t, c.rid) else redis.call('ZREM', c.due, c.rid) end
 end
 
@@ -279,7 +288,10 @@ local function resolve(c, r)
   if #r.held >= r.needed then move(r, 'confirmed') return 0 end
   move(r, #r.offers > 0 and 'offered' or 'searching')
   local open = r.needed - #r.held - #r.offers
-  if open > 0 and r.attempts < c.max_offers * r.needed then return 1 end
+  if open > 0 and r.attempts < c.max_offers * r.needed then
+    r.busy = true -- the caller searches now: under a lease, in case it dies doing so
+    return 1
+  end
   if #r.offers == 0 then end_unmatched(c, r, lua_unmatched(c, r, 'all_declined')) end
   return 0
 end
@@ -304,7 +316,9 @@ local function reply(c, r, tag, search, list, page, extra)
           table.concat(ex, ','), r.ev, list, page or {}, extra or ''}
 end
 
-local OUTCOMES = {offered = true, confirmed = true, unmatched = true}
+-- What a replayed vd.request.created publishes again: the request's whole log but cancels
+-- (an offer is never republished without what ended it).
+local OUTCOMES = {offered = true, confirmed = true, withdrawn = true, unmatched = true}
 
 --[[ One search page: the candidates offset+1 .. offset+count nearest within radius_m of
 pool (or of the smallest of the skill sets, when given: everyone there has at least that
@@ -370,6 +384,11 @@ local function admit(keys, args)
     tag = 'resume'
   else
     tag = 'replay'
+  end
+  if r.ev == '' and r.state ~= 'received' then
+    -- A record made before its request (a cancel that came first) learns what it asked for.
+    r.ev, r.needed = args[11], tonumber(args[8])
+    redis.call('HSET', c.rkey, 'ev', r.ev)
   end
   advance(c, r)
   local s = resolve(c, r)
@@ -553,7 +572,7 @@ local function settle(keys, args)
         r.pub = seq
         redis.call('HSET', c.rkey, 'pub', seq)
       end
-      set_due(c, r)
+      set_due(c, r, true)
     end
   end
   return #keys - 1
@@ -570,20 +589,25 @@ local function due(keys, args)
   return rids
 end
 
---[[ vd_cancel KEYS: req due  ARGV: prefix rid ttl_s
+--[[ vd_cancel KEYS: req due  ARGV: prefix rid ttl_s now_ms lease_ms
 Cancels a request and releases every volunteer it holds or has an offer out to, back to their
 pool; a released assignment no longer counts toward the volunteer's daily cap. A cancel that
 arrives before its request leaves a 'cancelled' record, so the request is never matched.
 Returns {'cancelled', released, 'first'|'replay'}: a cancel seen again returns what the first
 one released (its outputs may not have reached Kafka), or {'ended', state} when the request
-had already ended otherwise. ]]
+had already ended otherwise (an unmatched or expired request that holds nobody, a completed
+one). Facts not yet settled keep the request due, so that they are published still. ]]
 local function cancel(keys, args)
-  local c = {p = args[1], rid = args[2], rkey = keys[1], due = keys[2]}
+  local c = {p = args[1], rid = args[2], rkey = keys[1], due = keys[2], now = tonumber(args[4]),
+             lease = tonumber(args[5])}
   local r = load(c)
   if r.state == 'cancelled' then
     return {'cancelled', redis.call('HGET', c.rkey, 'released') or '', 'replay'}
   end
-  if not MOVES[r.state].cancelled then return {'ended', r.state} end
+  local partly = (r.state == 'unmatched' or r.state == 'expired') and #r.held > 0
+  if not MOVES[r.state].cancelled or ((r.state == 'unmatched' or r.state == 'expired') and not partly) then
+    return {'ended', r.state}
+  end
   local done = {}
   for _, v in ipairs(split(redis.call('HGET', c.rkey, 'done'))) do done[v] = true end
   local released = {}
@@ -600,7 +624,7 @@ local function cancel(keys, args)
   local joined = table.concat(released, ',')
   redis.call('HSET', c.rkey, 'state', 'cancelled', 'released', joined, 'offers', '')
   redis.call('EXPIRE', c.rkey, tonumber(args[3]))
-  redis.call('ZREM', c.due, c.rid)
+  set_due(c, r)
   return {'cancelled', joined, 'first'}
 end
 
@@ -615,13 +639,15 @@ local function complete(keys, args)
   local vid = args[3]
   local vkey = c.p .. 'vol:' .. vid
   local r = load(c)
-  if redis.call('HGET', vkey, 'task') ~= c.rid or not has(r.held, vid) then
+  local gone = r.state == 'received' -- the record expired (request_ttl_s): trust the volunteer's task
+  if redis.call('HGET', vkey, 'task') ~= c.rid or (not gone and not has(r.held, vid)) then
     local was = redis.call('HGET', c.rkey, 'c:' .. vid)
     if was then return {was == '1' and 'completed' or 'partial', '', 'replay'} end
     return {'mismatch', 'volunteer does not hold this request'}
   end
   redis.call('HSET', vkey, 'task', '')
   repool(c.p, vkey, vid)
+  if gone then return {'partial', vid, 'first'} end
   local done = split(redis.call('HGET', c.rkey, 'done'))
   done[#done + 1] = vid
   local all = #done >= #r.held and r.state == 'confirmed'

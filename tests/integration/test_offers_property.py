@@ -452,7 +452,8 @@ def check_requests(app, log, reqs):
             d = un["data"]
             if state not in ("unmatched", "expired", "cancelled"):
                 problems.append("%s: has %s %s but is %s" % (where, un["id"], d, state))
-            if (d.get("reason") == "expired") != (state == "expired"):
+            # (a partly staffed unmatched or expired request may be cancelled afterwards)
+            if state != "cancelled" and (d.get("reason") == "expired") != (state == "expired"):
                 problems.append("%s: state %s, unmatched reason %s" % (where, state,
                                                                        d.get("reason")))
             if d.get("reason") not in UNMATCHED_REASONS:
