@@ -338,13 +338,9 @@ static void publish_withdrawn(struct job *j, const char *vid, const char *oid, c
                       "request_id", rid, "offer_id", oid, "reason", why));
 }
 
-static int count_reason(struct vd_dispatch *d, const char *reason) {
+static void count_reason(struct vd_dispatch *d, const char *reason) {
     for (int i = 0; reason && i < VD_UNMATCHED__COUNT; i++)
-        if (strcmp(reason, vd_unmatched_reason_name(i)) == 0) {
-            d->stats.unmatched[i]++;
-            return i;
-        }
-    return -1;
+        if (strcmp(reason, vd_unmatched_reason_name(i)) == 0) d->stats.unmatched[i]++;
 }
 
 /* vd.request.unmatched with the outcome document recorded in Redis, and the coordinator's
@@ -1118,7 +1114,7 @@ static void finish_unmatched(struct job *j, enum vd_unmatched_reason reason) {
     request_args(j, &a);
     arg(&a, doc);
     argf(&a, "%d", ev->volunteers_needed);
-    if (j->ev.type == VD_EV_REQUEST_CREATED && !j->tick) {
+    if (j->ev.type == VD_EV_REQUEST_CREATED) {
         a.v[a.n] = j->payload;
         a.l[a.n++] = j->len;
     } else {
@@ -1242,24 +1238,23 @@ static void on_complete(struct job *j, redisReply *r) {
     redis_done(j);
 }
 
-static void run_simple(struct job *j, const char *fn, reply_fn *cb) {
-    const struct vd_config *cfg = j->d->cfg;
+static void run_cancel(struct job *j) {
+    struct args a;
+    request_call(j, &a, "vd_cancel", 2);
+    request_args(j, &a);
+    fcall(j, &a, on_cancel);
+}
+
+static void run_complete(struct job *j) {
     struct args a;
     char req[VD_ID_MAX + 80];
     req_key(j, req, sizeof req);
-    fcall_begin(&a, fn, cb == on_cancel ? 2 : 1);
+    fcall_begin(&a, "vd_complete", 1);
     arg(&a, req);
-    if (cb == on_cancel) argf(&a, "%sdue", cfg->redis_key_prefix);
-    arg(&a, cfg->redis_key_prefix);
+    arg(&a, j->d->cfg->redis_key_prefix);
     arg(&a, j->ev.request_id);
-    if (cb == on_cancel) {
-        argf(&a, "%d", cfg->redis_request_ttl_s);
-        argf(&a, "%lld", (long long)now_ms());
-        argf(&a, "%d", VD_LEASE_MS);
-    } else {
-        arg(&a, j->ev.volunteer_id);
-    }
-    fcall(j, &a, cb);
+    arg(&a, j->ev.volunteer_id);
+    fcall(j, &a, on_complete);
 }
 
 static void run_job(struct job *j) {
@@ -1282,10 +1277,10 @@ static void run_job(struct job *j) {
         run_request(j);
         break;
     case VD_EV_REQUEST_CANCELLED:
-        run_simple(j, "vd_cancel", on_cancel);
+        run_cancel(j);
         break;
     case VD_EV_TASK_COMPLETED:
-        run_simple(j, "vd_complete", on_complete);
+        run_complete(j);
         break;
     case VD_EV_OFFER_ACCEPTED:
     case VD_EV_OFFER_DECLINED:

@@ -474,7 +474,7 @@ local function respond(keys, args)
     return reply(c, r, 'ignored', 0, {}, nil, 'unknown request')
   end
   local was = r.state
-  local known, _, deadline = offer_of(c, vid)
+  local known, attempt, deadline = offer_of(c, vid)
   advance(c, r)
   local why = nil
   if not has(r.offers, vid) then
@@ -488,7 +488,6 @@ local function respond(keys, args)
   end
   if why == nil then
     r.offers = without(r.offers, vid)
-    local _, attempt = offer_of(c, vid)
     if kind == 'accept' then
       r.held[#r.held + 1] = vid
       local note = redis.call('HGET', c.rkey, 'd:' .. vid) or '0'
@@ -589,7 +588,7 @@ local function due(keys, args)
   return rids
 end
 
---[[ vd_cancel KEYS: req due  ARGV: prefix rid ttl_s now_ms lease_ms
+--[[ vd_cancel KEYS: req due  ARGV: common
 Cancels a request and releases every volunteer it holds or has an offer out to, back to their
 pool; a released assignment no longer counts toward the volunteer's daily cap. A cancel that
 arrives before its request leaves a 'cancelled' record, so the request is never matched.
@@ -598,16 +597,13 @@ one released (its outputs may not have reached Kafka), or {'ended', state} when 
 had already ended otherwise (an unmatched or expired request that holds nobody, a completed
 one). Facts not yet settled keep the request due, so that they are published still. ]]
 local function cancel(keys, args)
-  local c = {p = args[1], rid = args[2], rkey = keys[1], due = keys[2], now = tonumber(args[4]),
-             lease = tonumber(args[5])}
+  local c = context(keys, args)
   local r = load(c)
   if r.state == 'cancelled' then
     return {'cancelled', redis.call('HGET', c.rkey, 'released') or '', 'replay'}
   end
-  local partly = (r.state == 'unmatched' or r.state == 'expired') and #r.held > 0
-  if not MOVES[r.state].cancelled or ((r.state == 'unmatched' or r.state == 'expired') and not partly) then
-    return {'ended', r.state}
-  end
+  local ended = r.state == 'unmatched' or r.state == 'expired'
+  if not MOVES[r.state].cancelled or (ended and #r.held == 0) then return {'ended', r.state} end
   local done = {}
   for _, v in ipairs(split(redis.call('HGET', c.rkey, 'done'))) do done[v] = true end
   local released = {}
@@ -623,7 +619,7 @@ local function cancel(keys, args)
   r.offers = {}
   local joined = table.concat(released, ',')
   redis.call('HSET', c.rkey, 'state', 'cancelled', 'released', joined, 'offers', '')
-  redis.call('EXPIRE', c.rkey, tonumber(args[3]))
+  redis.call('EXPIRE', c.rkey, c.ttl)
   set_due(c, r)
   return {'cancelled', joined, 'first'}
 end
