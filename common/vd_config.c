@@ -114,6 +114,7 @@ static const struct key_def keys[] = {
     INT("redis", "connect_timeout_ms", redis_connect_timeout_ms, "2000", 100, 60000),
     INT("redis", "command_timeout_ms", redis_command_timeout_ms, "3000", 100, 60000),
     INT("redis", "request_ttl_s", redis_request_ttl_s, "604800", 60, 31536000),
+    INT("redis", "volunteer_ttl_s", redis_volunteer_ttl_s, "86400", 1, 31536000),
 
     INT("matching", "radius_start_m", radius_start_m, "500", 10, 100000),
     INT("matching", "radius_max_m", radius_max_m, "5000", 10, 100000),
@@ -123,6 +124,9 @@ static const struct key_def keys[] = {
     INT("matching", "schedule_lead_ms", schedule_lead_ms, "0", 0, 86400000),
     INT("matching", "batch_window_ms", batch_window_ms, "0", 0, 60000),
     INT("matching", "max_tasks_per_day", max_tasks_per_day, "4", 1, 100),
+    INT("matching", "task_timeout_s", task_timeout_s, "28800", 1, 604800),
+    INT("matching", "schedule_horizon_s", schedule_horizon_s, "2592000", 60, 31536000),
+    INT("matching", "max_search_points", max_search_points, "1000", 0, 1000000),
 
     STR("http", "listen", http_listen, "127.0.0.1:9464", 0, check_listen),
 
@@ -268,9 +272,18 @@ static int check_key_prefix(const char *value, char *msg, size_t msglen) {
         unsigned char c = (unsigned char)value[i];
         ok = isalnum(c) || strchr("._:{}-", c) != NULL;
     }
-    if (ok) return 0;
-    set_err(msg, msglen, "'%.*s' must be 1-32 characters of A-Za-z0-9._:{}-", VALUE_SHOWN, value);
-    return -1;
+    if (!ok) {
+        set_err(msg, msglen, "'%.*s' must be 1-32 characters of A-Za-z0-9._:{}-", VALUE_SHOWN, value);
+        return -1;
+    }
+    /* Keys are prefix + a word without ':' + '/' + IDs: a prefix that ends with ':' can never
+     * reach the keys of a deployment whose prefix is longer or shorter. */
+    if (value[n - 1] != ':') {
+        set_err(msg, msglen, "'%.*s' must end with ':' (so that no deployment's keys reach "
+                "another's)", VALUE_SHOWN, value);
+        return -1;
+    }
+    return 0;
 }
 
 /* Parses a decimal integer: optional sign, digits only. Returns 0, -1 if it is not an

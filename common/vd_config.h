@@ -47,7 +47,8 @@ struct vd_config {
     char *redis_key_prefix;
     int redis_connect_timeout_ms;
     int redis_command_timeout_ms;
-    int redis_request_ttl_s; /* how long a request's record is kept after it is created */
+    int redis_request_ttl_s; /* how long a request's record is kept after its last change */
+    int redis_volunteer_ttl_s; /* a volunteer record no event refreshed this long goes */
     /* [matching] */
     int radius_start_m;
     int radius_max_m;
@@ -57,6 +58,9 @@ struct vd_config {
     int schedule_lead_ms;
     int batch_window_ms;
     int max_tasks_per_day;
+    int task_timeout_s;      /* a confirmed task never completed frees its volunteer after this */
+    int schedule_horizon_s;  /* a not_before further ahead than this is rejected */
+    int max_search_points;   /* points a widened search may visit (0: no bound) */
     /* [http] */
     char *http_listen;
     /* [log] */

@@ -433,7 +433,7 @@ static int get_coord(struct ctx *c, const json_t *obj, const char *parent, const
     double d = json_number_value(v);
     if (!isfinite(d)) return fail(c, "%s.%s: must be a finite number", parent, key);
     if (d < min || d > max)
-        return fail(c, "%s.%s: %s is out of range [%g, %g]", parent, key,
+        return fail(c, "%s.%s: %s is out of range [%.10g, %.10g]", parent, key,
                     number_text(v, num, sizeof num), min, max);
     *out = d;
     return 0;
@@ -443,7 +443,8 @@ static int get_location(struct ctx *c, const json_t *obj, struct vd_event *ev) {
     json_t *v;
     if (lookup(c, obj, "data", "location", 1, &v) < 0) return -1;
     if (!json_is_object(v)) return fail(c, "data.location: must be an object");
-    if (get_coord(c, v, "data.location", "lat", -90, 90, &ev->location.lat) < 0 ||
+    if (get_coord(c, v, "data.location", "lat", -VD_GEO_LAT_MAX, VD_GEO_LAT_MAX,
+                  &ev->location.lat) < 0 ||
         get_coord(c, v, "data.location", "lon", -180, 180, &ev->location.lon) < 0)
         return -1;
     ev->has_location = 1;
@@ -707,8 +708,9 @@ out:
 
 /* ---- Encoding -------------------------------------------------------------------------- */
 
-char *vd_event_encode(const char *type, const char *id, int64_t time_ms, json_t *data) {
-    char ts[32];
+char *vd_event_encode(const char *type, const char *id, int64_t time_ms, long long sequence,
+                      json_t *data) {
+    char ts[32], seq[24];
     char *out = NULL;
     json_t *ev = NULL;
     int rc;
@@ -724,6 +726,10 @@ char *vd_event_encode(const char *type, const char *id, int64_t time_ms, json_t 
         json_object_set_new(ev, "time", json_string(ts)) < 0 ||
         json_object_set_new(ev, "datacontenttype", json_string("application/json")) < 0)
         goto out;
+    if (sequence > 0) {
+        snprintf(seq, sizeof seq, "%0*lld", VD_SEQUENCE_DIGITS, sequence);
+        if (json_object_set_new(ev, "sequence", json_string(seq)) < 0) goto out;
+    }
     /* set_new steals data even when it fails. */
     rc = json_object_set_new(ev, "data", data);
     data = NULL;
@@ -734,4 +740,45 @@ out:
     json_decref(data);
     json_decref(ev);
     return out;
+}
+
+/* Adds an ID array of tags unless it is empty. */
+static int set_tags(json_t *data, const char *key, const struct vd_tags *t) {
+    if (!t->n) return 0;
+    json_t *a = json_array();
+    for (int i = 0; a && i < t->n; i++)
+        if (json_array_append_new(a, json_string(t->v[i])) < 0) {
+            json_decref(a);
+            return -1;
+        }
+    return json_object_set_new(data, key, a);
+}
+
+static int set_id(json_t *data, const char *key, const char *v) {
+    return v[0] ? json_object_set_new(data, key, json_string(v)) : 0;
+}
+
+static int set_time(json_t *data, const char *key, int64_t ms) {
+    char ts[32];
+    return ms ? json_object_set_new(data, key, json_string(vd_time_format(ms, ts, sizeof ts))) : 0;
+}
+
+char *vd_event_request_record(const struct vd_event *ev) {
+    json_t *data = json_pack("{s:s, s:{s:f, s:f}, s:s, s:s, s:i}", "request_id", ev->request_id,
+                             "location", "lat", ev->location.lat, "lon", ev->location.lon,
+                             "service", ev->service, "priority", vd_priority_name(ev->priority),
+                             "volunteers_needed", ev->volunteers_needed);
+    if (!data) return NULL;
+    if (set_tags(data, "skills", &ev->skills) < 0 || set_tags(data, "languages", &ev->languages) < 0 ||
+        set_id(data, "event_id", ev->event_id) < 0 ||
+        set_id(data, "preferred_volunteer_id", ev->preferred_volunteer_id) < 0 ||
+        set_id(data, "resident_id", ev->resident_id) < 0 ||
+        set_time(data, "not_before", ev->not_before_ms) < 0 ||
+        set_time(data, "expires_at", ev->expires_at_ms) < 0 ||
+        (ev->max_distance_m &&
+         json_object_set_new(data, "max_distance_m", json_integer(ev->max_distance_m)) < 0)) {
+        json_decref(data);
+        return NULL;
+    }
+    return vd_event_encode("vd.request.created", "record", ev->time_ms, 0, data);
 }

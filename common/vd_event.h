@@ -4,9 +4,10 @@
  * JSON object of at most VD_EVENT_MAX_BYTES, without duplicate keys, nested at most
  * VD_EVENT_MAX_DEPTH deep, with every envelope attribute present and typed, a known `type`
  * that belongs to the topic it arrived on, and `data` valid for that type (required fields,
- * JSON types, the ID charset [A-Za-z0-9._:-]{1,64}, lat in [-90,90], lon in [-180,180],
+ * JSON types, the ID charset [A-Za-z0-9._:-]{1,64}, lat in [-85.05112878, 85.05112878] (what
+ * Redis GEO can index), lon in [-180,180],
  * finite numbers, enum values, array sizes). On failure the error is one sentence that names
- * the field, e.g. "data.location.lat: 91 is out of range [-90, 90]"; it goes to the dead-letter
+ * the field, e.g. "data.location.lat: 91 is out of range [-85.05112878, 85.05112878]"; it goes to the dead-letter
  * topic unchanged. Unknown extra fields are ignored (forward compatible). Decoding never
  * allocates into the result: struct vd_event is plain data the caller owns. */
 #ifndef VD_EVENT_H
@@ -23,6 +24,8 @@
 #define VD_MAX_NEEDED 10  /* volunteers_needed upper bound */
 #define VD_EVENT_ID_MAX 256
 #define VD_SOURCE_MAX 256
+/* The latitudes Redis GEO can index (and the contract accepts): within +-85.05112878. */
+#define VD_GEO_LAT_MAX 85.05112878
 
 /* Input topics, as configured in [kafka] topic.*. */
 enum vd_topic_kind {
@@ -114,9 +117,25 @@ char *vd_time_format(int64_t ms, char *buf, size_t buflen);
 /* Returns 1 when s is a valid ID (1..64 chars of [A-Za-z0-9._:-]), else 0. */
 int vd_id_valid(const char *s);
 
+/* Digits of the `sequence` attribute: a zero-padded decimal, so that it orders the same as
+ * text (the CloudEvents sequence extension asks for a lexicographically orderable string)
+ * and as a number. */
+#define VD_SEQUENCE_DIGITS 10
+
 /* Builds an output CloudEvent around data (the reference to data is stolen). id must be
  * deterministic for the outcome it reports so that a replay yields the same event id.
- * Returns a new JSON string the caller frees with free(), or NULL on allocation failure. */
-char *vd_event_encode(const char *type, const char *id, int64_t time_ms, json_t *data);
+ * sequence > 0 adds the CloudEvents `sequence` extension attribute (the fact's number in the
+ * request's log). Returns a new JSON string the caller frees with free(), or NULL on
+ * allocation failure. */
+char *vd_event_encode(const char *type, const char *id, int64_t time_ms, long long sequence,
+                      json_t *data);
+
+/* What the daemon keeps of a request in Redis: a vd.request.created event with only what
+ * matching and the outputs need (location, service, skills, languages, priority, volunteers
+ * needed, times, distance limit, event, preferred volunteer, resident ID), never the
+ * resident's own data (vulnerability details or any field the producer added). It decodes
+ * with vd_event_decode() like the original. Returns a new JSON string (free()), or NULL on
+ * allocation failure. */
+char *vd_event_request_record(const struct vd_event *ev);
 
 #endif

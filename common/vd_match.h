@@ -31,8 +31,8 @@ enum vd_filter {
 struct vd_candidate {
     char id[VD_ID_MAX + 1];
     double distance_m;
-    char skills[1024];     /* comma-joined, as stored in Redis */
-    char languages[1024];  /* comma-joined */
+    char skills[VD_MAX_TAGS * (VD_ID_MAX + 1)];    /* comma-joined, as stored in Redis */
+    char languages[VD_MAX_TAGS * (VD_ID_MAX + 1)]; /* comma-joined */
     int max_tasks;         /* the volunteer's own cap; 0 = the configured default */
     int tasks_24h;
     double score;          /* set by vd_match_rank */

@@ -44,6 +44,7 @@ struct vd_server {
     int closing; /* work is done (or out of time): leaving the group */
     int kafka_left_behind; /* librdkafka still shutting down on its own thread at exit */
     int announced_ready;
+    char fatal[600]; /* why the process cannot go on ("" while it can): exit status 1 */
     uint64_t stop_started_ms;
     uint64_t last_stats_ms;
     int exit_code;
@@ -93,7 +94,34 @@ static void log_stats(struct vd_server *s) {
             st->matches ? (double)st->match_latency_us_sum / (double)st->matches / 1000.0 : 0.0);
 }
 
-/* /readyz: ready once Redis has the functions loaded and the consumer has partitions. */
+/* A fatal condition (Kafka or Redis): the process stops as gracefully as it can and exits 1,
+ * so that a supervisor restarts it or pages someone. */
+static void on_fatal(struct vd_server *s, const char *why) {
+    if (s->fatal[0]) return;
+    snprintf(s->fatal, sizeof s->fatal, "%s", why);
+    s->exit_code = 1;
+    vd_error("fatal: %s; stopping (exit status 1)", why);
+    if (!s->stop_requested) s->stop_requested = 1;
+}
+
+static void on_kafka_fatal(void *arg, const char *why) { on_fatal(arg, why); }
+static void on_redis_fatal(struct vd_redis *r, const char *why, void *arg) { on_fatal(arg, why); }
+
+static void on_redis_ready(struct vd_redis *r, void *arg) {
+    struct vd_server *s = arg;
+    vd_dispatch_on_redis_ready(r, s->dispatch);
+}
+
+/* /healthz: 503 from the moment the process knows it cannot go on. */
+static int http_healthy(void *arg, char *why, size_t whylen) {
+    struct vd_server *s = arg;
+    if (!s->fatal[0]) return 1;
+    snprintf(why, whylen, "fatal: %s", s->fatal);
+    return 0;
+}
+
+/* /readyz: ready once Redis has the library and takes writes, and the consumer has
+ * partitions; not while intake is paused. */
 static int http_ready(void *arg, char *why, size_t whylen) {
     struct vd_server *s = arg;
     if (s->stopping) {
@@ -101,7 +129,7 @@ static int http_ready(void *arg, char *why, size_t whylen) {
         return 0;
     }
     if (!vd_redis_is_ready(s->redis)) {
-        snprintf(why, whylen, "redis not ready");
+        snprintf(why, whylen, "redis not ready: %s", vd_redis_status(s->redis));
         return 0;
     }
     if (!vd_kafka_has_assignment(s->kafka)) {
@@ -109,7 +137,9 @@ static int http_ready(void *arg, char *why, size_t whylen) {
         return 0;
     }
     if (vd_kafka_is_paused(s->kafka)) {
-        snprintf(why, whylen, "intake paused (back-pressure)");
+        snprintf(why, whylen, "intake paused (%s)",
+                 vd_dispatch_intake_full(s->dispatch) ? "back-pressure: daemon.max_inflight inputs in memory"
+                                                      : "waiting for redis");
         return 0;
     }
     return 1;
@@ -150,8 +180,20 @@ static void http_metrics(void *arg, struct vd_metrics_buf *out) {
                         "Time from the start of a request's matching to its outcome.",
                         &st->match_seconds);
     vd_metrics_counter(out, "vd_redis_calls_total", "Redis Function calls made by jobs.", st->redis_calls);
-    vd_metrics_counter(out, "vd_redis_retries_total", "Jobs put back after a Redis failure.",
-                       st->redis_retries);
+    vd_metrics_counter(out, "vd_redis_retries_total",
+                       "Jobs retried after an unexpected Redis error reply.", st->redis_retries);
+    vd_metrics_counter(out, "vd_redis_waits_total",
+                       "Jobs put back to wait while Redis was down or refusing.", st->redis_waits);
+    const char *codes[VD_CODE__COUNT];
+    for (int i = 0; i < VD_CODE__COUNT; i++) codes[i] = vd_reply_code_name(i);
+    vd_metrics_counter_family(out, "vd_redis_refusals_total",
+                              "Episodes of Redis refusing work, by the state that began them.",
+                              "code", codes, rs->refusals, VD_CODE__COUNT);
+    vd_metrics_gauge(out, "vd_redis_refusing", "1 while Redis is up but refuses work.",
+                     vd_redis_state(s->redis) == VD_REDIS_REFUSING);
+    vd_metrics_counter(out, "vd_redis_library_loads_total",
+                       "Loads of the Function library (at start, and after it went missing).",
+                       rs->library_loads);
     vd_metrics_counter(out, "vd_redis_timeouts_total", "Redis commands past their deadline.", rs->timeouts);
     vd_metrics_counter(out, "vd_redis_reconnects_total", "Redis reconnections.", rs->reconnects);
     vd_metrics_gauge(out, "vd_redis_up", "1 when Redis is connected and ready.",
@@ -161,7 +203,30 @@ static void http_metrics(void *arg, struct vd_metrics_buf *out) {
     vd_metrics_counter(out, "vd_delivery_retries_total", "Outputs produced again after a failure.",
                        ks->delivery_retries);
     vd_metrics_counter(out, "vd_rebalances_total", "Consumer group rebalances.", ks->rebalances);
-    vd_metrics_gauge(out, "vd_jobs_in_memory", "Input messages held in memory.", (double)st->jobs_in_memory);
+    vd_metrics_gauge(out, "vd_jobs_in_memory", "Input messages and due runs held in memory.",
+                     (double)st->jobs_in_memory);
+    vd_metrics_gauge(out, "vd_inputs_in_memory",
+                     "Input messages held in memory (bounded by daemon.max_inflight).",
+                     (double)st->inputs_in_memory);
+    vd_metrics_gauge(out, "vd_inputs_in_memory_max",
+                     "The most input messages held in memory at once since the start.",
+                     (double)st->inputs_high_water);
+    vd_metrics_counter(out, "vd_task_timeouts_total",
+                       "Volunteers released because their task outlived matching.task_timeout_s.",
+                       st->task_timeouts);
+    vd_metrics_counter(out, "vd_stale_requests_total",
+                       "Requests older than their record's TTL, dead-lettered, never matched.",
+                       st->stale);
+    vd_metrics_counter(out, "vd_horizon_rejected_total",
+                       "Requests whose not_before lies beyond matching.schedule_horizon_s.",
+                       st->horizon_rejected);
+    vd_metrics_counter(out, "vd_dense_searches_total",
+                       "Widened searches bounded by matching.max_search_points.", st->dense_searches);
+    vd_metrics_counter(out, "vd_volunteers_swept_total",
+                       "Volunteer records removed after redis.volunteer_ttl_s without an event.",
+                       st->volunteers_swept);
+    vd_metrics_gauge(out, "vd_fatal", "1 once the process knows it cannot go on (exits 1).",
+                     s->fatal[0] != 0);
     vd_metrics_gauge(out, "vd_outputs_unacked", "Outputs waiting for Kafka's acknowledgement.",
                      (double)vd_kafka_unacked(s->kafka));
     vd_metrics_gauge(out, "vd_intake_paused", "1 while fetching is paused.", vd_kafka_is_paused(s->kafka));
@@ -209,7 +274,9 @@ static void on_cron(uv_timer_t *t) {
         uint64_t work_deadline = budget > tail ? budget - tail : budget / 2;
         if (!s->closing) {
             vd_dispatch_flush(s->dispatch);
-            int idle = vd_dispatch_idle(s->dispatch) && vd_kafka_unacked(s->kafka) == 0;
+            /* After a fatal Kafka error nothing more will be acknowledged: no use waiting. */
+            int idle = (vd_dispatch_idle(s->dispatch) && vd_kafka_unacked(s->kafka) == 0) ||
+                       vd_kafka_is_fatal(s->kafka);
             if (!idle && spent < work_deadline && s->stop_requested < 2) return;
             if (!idle)
                 vd_warn("stopping with work in flight (its inputs stay uncommitted and will be "
@@ -314,7 +381,8 @@ int main(int argc, char **argv) {
     s.exit_code = 0;
     char err[1024];
     if (s.cfg.http_listen[0]) {
-        struct vd_http_handlers hh = {http_ready, http_metrics};
+        struct vd_http_handlers hh = {.ready = http_ready, .healthy = http_healthy,
+                                      .metrics = http_metrics};
         s.http = vd_http_new(s.loop, s.cfg.http_listen, &hh, &s, err, sizeof err);
         if (!s.http) {
             vd_error("start failed: %s", err);
@@ -324,9 +392,14 @@ int main(int argc, char **argv) {
         }
     }
     s.dispatch = vd_dispatch_new(s.loop, &s.cfg);
-    s.redis = vd_redis_new(s.loop, &s.cfg, vd_lua_library, vd_dispatch_on_redis_ready, s.dispatch);
-    struct vd_kafka_handler h = {vd_dispatch_on_message, vd_dispatch_on_assign, vd_dispatch_on_revoke,
-                                 vd_dispatch_on_delivered};
+    struct vd_redis_library lib = {VD_LIB_NAME, vd_lua_library, VD_FN("probe")};
+    s.redis = vd_redis_new(s.loop, &s.cfg, &lib, on_redis_ready, on_redis_fatal, &s);
+    struct vd_kafka_handler h = {.on_message = vd_dispatch_on_message,
+                                 .on_assign = vd_dispatch_on_assign,
+                                 .on_revoke = vd_dispatch_on_revoke,
+                                 .on_delivered = vd_dispatch_on_delivered,
+                                 .on_fatal = on_kafka_fatal,
+                                 .fatal_arg = &s};
     s.kafka = vd_kafka_new(s.loop, &s.cfg, &h, s.dispatch, err, sizeof err);
     if (!s.dispatch || !s.redis || !s.kafka) {
         vd_error("start failed: %s", s.kafka ? "out of memory" : err);

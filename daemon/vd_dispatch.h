@@ -1,14 +1,15 @@
 /* vd_dispatch: the request life cycle that ties Kafka input, Redis state and Kafka output.
  *
- * Every consumed message becomes a job. Jobs of one partition run one after another, in
- * offset order (events of one request or one volunteer share a key, so their order holds);
- * partitions run concurrently. A job decodes its event (invalid: one dead letter), runs its
- * Redis Functions (a match is typically two round trips: vd_admit, then vd_offer), then
- * produces its outputs. It is finished once Kafka acknowledged every output; only then does
- * its offset count toward the partition's commit watermark (vd_offsets). A Redis failure puts
- * the job back at the head of its partition to run again once Redis is back; every Function
- * is idempotent by request_id, so running a job twice yields the same outcome and the same
- * output event ids. */
+ * Every consumed message becomes a job. Jobs of one partition overlap, except that jobs about
+ * the same request or volunteer run in offset order. A job decodes its event (invalid: one
+ * dead letter), runs its Redis Functions (a match is typically two round trips: vd2_admit,
+ * then vd2_offer), then produces its outputs. It is finished once Kafka acknowledged every
+ * output; only then does its offset count toward the partition's commit watermark
+ * (vd_offsets). A Redis outage (connection lost, or Redis up but refusing) puts the job back
+ * at the head of its partition to run again once Redis takes writes; every Function is
+ * idempotent by request_id, so running a job twice yields the same outcome and the same output
+ * event ids. The files: vd_dispatch.c (queues, calls, back-pressure), vd_request.c (the steps),
+ * vd_publish.c (the outputs); vd_job.h is what they share. */
 #ifndef VD_DISPATCH_H
 #define VD_DISPATCH_H
 
@@ -47,7 +48,7 @@ enum vd_offer_result {
 };
 
 /* How long a running step may hold a request before any instance takes it up again: a
- * search in progress, or facts waiting for Kafka (see vd_settle in vdispatch.lua). */
+ * search in progress, or facts waiting for Kafka (see vd2_settle in vdispatch.lua). */
 #define VD_LEASE_MS 5000
 
 struct vd_dispatch_stats {
@@ -61,8 +62,17 @@ struct vd_dispatch_stats {
     uint64_t offers[VD_OFFER__COUNT];
     uint64_t scheduled;              /* requests that waited for their not_before */
     uint64_t due_runs;               /* requests taken up because their due time came */
-    uint64_t redis_calls, redis_retries;
-    uint64_t jobs_in_memory;
+    uint64_t redis_calls;
+    uint64_t redis_retries;          /* jobs retried after an unexpected Redis error */
+    uint64_t redis_waits;            /* jobs put back to wait for Redis (down or refusing) */
+    uint64_t jobs_in_memory;         /* input jobs and due runs */
+    uint64_t inputs_in_memory;       /* input jobs: what daemon.max_inflight bounds */
+    uint64_t inputs_high_water;      /* the most input jobs ever in memory at once */
+    uint64_t task_timeouts;          /* volunteers released after matching.task_timeout_s */
+    uint64_t stale;                  /* requests older than their record's TTL, not matched */
+    uint64_t horizon_rejected;       /* not_before beyond matching.schedule_horizon_s */
+    uint64_t dense_searches;         /* widened searches bounded by matching.max_search_points */
+    uint64_t volunteers_swept;       /* volunteer records gone after redis.volunteer_ttl_s */
     uint64_t match_latency_us_sum, matches;
     struct vd_histogram match_seconds;
 };
@@ -80,8 +90,11 @@ void vd_dispatch_on_delivered(void *d, void *opaque);
 /* Redis client callback: Redis is (again) ready, start what waits. */
 void vd_dispatch_on_redis_ready(struct vd_redis *r, void *d);
 
-/* Periodic work from the daemon's cron: start waiting jobs, apply back-pressure. */
+/* Periodic work from the daemon's cron: start waiting jobs, settle, take due requests, sweep
+ * volunteers, apply back-pressure. */
 void vd_dispatch_cron(struct vd_dispatch *d);
+/* 1 while intake is paused because daemon.max_inflight inputs are in memory. */
+int vd_dispatch_intake_full(const struct vd_dispatch *d);
 
 /* Graceful stop: start no new job (queued ones stay uncommitted for the next owner). */
 void vd_dispatch_stop(struct vd_dispatch *d);

@@ -240,18 +240,20 @@ static int path_is(const char *path, size_t len, const char *want) {
     return len == strlen(want) && memcmp(path, want, len) == 0;
 }
 
-static void serve_ready(struct conn *c, int head_only) {
+/* /readyz (check: h.ready) or /healthz (h.healthy): 200 with ok_text, or 503 with the reason. */
+static void serve_check(struct conn *c, int (*check)(void *, char *, size_t), const char *ok_text,
+                        const char *bad_text, int head_only) {
     struct vd_http *s = c->srv;
     char why[WHY_MAX + 1] = "";
-    if (!s->h.ready || s->h.ready(s->arg, why, WHY_MAX)) {
-        send_text(c, 200, NULL, "ready\n", head_only);
+    if (!check || check(s->arg, why, WHY_MAX)) {
+        send_text(c, 200, NULL, ok_text, head_only);
         return;
     }
     why[WHY_MAX - 1] = '\0';
     size_t n = strlen(why);
     for (size_t i = 0; i < n; i++)
         if ((unsigned char)why[i] < 0x20 || why[i] == 0x7f) why[i] = ' ';
-    if (n == 0) n = (size_t)snprintf(why, sizeof why, "not ready");
+    if (n == 0) n = (size_t)snprintf(why, sizeof why, "%s", bad_text);
     why[n] = '\n';
     why[n + 1] = '\0';
     send_text(c, 503, NULL, why, head_only);
@@ -295,8 +297,10 @@ static void route(struct conn *c) {
     const char *path = c->url + u.field_data[UF_PATH].off;
     size_t plen = u.field_data[UF_PATH].len;
     if (path_is(path, plen, "/metrics")) serve_metrics(c, head_only);
-    else if (path_is(path, plen, "/healthz")) send_text(c, 200, NULL, "ok\n", head_only);
-    else if (path_is(path, plen, "/readyz")) serve_ready(c, head_only);
+    else if (path_is(path, plen, "/healthz"))
+        serve_check(c, c->srv->h.healthy, "ok\n", "unhealthy", head_only);
+    else if (path_is(path, plen, "/readyz"))
+        serve_check(c, c->srv->h.ready, "ready\n", "not ready", head_only);
     else send_text(c, 404, NULL, "not found\n", head_only);
 }
 

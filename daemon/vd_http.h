@@ -1,7 +1,8 @@
 /* vd_http: the daemon's HTTP endpoint for operators: /metrics, /healthz and /readyz.
  *
  * A small HTTP/1.1 server on the daemon's libuv loop (requests parsed with http-parser).
- * GET or HEAD only: /healthz answers 200 "ok" whenever the loop runs, /readyz 200 "ready" or
+ * GET or HEAD only: /healthz answers 200 "ok" while the process can go on (503 with the reason
+ * once it knows it cannot: a fatal error, it is stopping to exit 1), /readyz 200 "ready" or
  * 503 with the reason the daemon gives, /metrics 200 with Prometheus text (format 0.0.4);
  * any other path is 404, any other method 405. Connections are kept alive unless the client
  * asks otherwise. Limits: 8 KiB of request line and headers (431), 8 KiB of request body
@@ -22,6 +23,8 @@ struct vd_http_handlers {
     /* Returns 1 when ready, or 0 with a short reason (one line, no secrets) written into why
      * (why[0] is '\0' on entry). NULL: always ready. */
     int (*ready)(void *arg, char *why, size_t whylen);
+    /* The same for /healthz: 0 once the process cannot go on. NULL: always healthy. */
+    int (*healthy)(void *arg, char *why, size_t whylen);
     /* Appends the Prometheus text to out (see vd_metrics.h). If out->failed is set afterwards
      * the scrape is answered with 500. NULL: an empty page. */
     void (*metrics)(void *arg, struct vd_metrics_buf *out);

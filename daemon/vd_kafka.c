@@ -65,6 +65,7 @@ struct vd_kafka {
     rd_kafka_queue_t *close_q; /* set while leaving the group */
     int paused;
     int ever_assigned;
+    int fatal; /* on_fatal ran */
     struct retry *retry_head, *retry_tail;
     size_t nretry;
     size_t inflight; /* produced, not yet acknowledged */
@@ -118,7 +119,11 @@ static rd_kafka_conf_t *build_conf(const struct vd_config *cfg, int consumer, ch
             set(conf, "auto.offset.reset", "earliest", "auto.offset.reset", err, errlen) < 0 ||
             set(conf, "enable.auto.commit", "true", "enable.auto.commit", err, errlen) < 0 ||
             set(conf, "auto.commit.interval.ms", "1000", "auto.commit.interval.ms", err, errlen) < 0 ||
-            set(conf, "enable.partition.eof", "false", "enable.partition.eof", err, errlen) < 0)
+            set(conf, "enable.partition.eof", "false", "enable.partition.eof", err, errlen) < 0 ||
+            /* What librdkafka prefetches counts toward the daemon's memory too: at most 8 MiB
+             * queued, 4 MiB per fetch (librdkafka's defaults allow 64 MiB and 50 MiB). */
+            set(conf, "queued.max.messages.kbytes", "8192", "queued.max.messages.kbytes", err, errlen) < 0 ||
+            set(conf, "fetch.max.bytes", "4194304", "fetch.max.bytes", err, errlen) < 0)
             goto err;
     } else {
         if (set(conf, "linger.ms", "5", "linger.ms", err, errlen) < 0 ||
@@ -205,11 +210,20 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     }
 }
 
+/* A fatal error of either client: said once, and the handler stops the daemon. */
+static void raise_fatal(struct vd_kafka *k, rd_kafka_t *rk) {
+    char buf[512], why[600];
+    if (k->fatal) return;
+    k->fatal = 1;
+    rd_kafka_resp_err_t e = rd_kafka_fatal_error(rk, buf, sizeof buf);
+    snprintf(why, sizeof why, "kafka %s: fatal error %s: %s", rd_kafka_name(rk), rd_kafka_err2name(e), buf);
+    vd_error("%s", why);
+    if (k->h.on_fatal) k->h.on_fatal(k->h.fatal_arg, why);
+}
+
 static void error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque) {
     if (err == RD_KAFKA_RESP_ERR__FATAL) {
-        char buf[512];
-        rd_kafka_fatal_error(rk, buf, sizeof buf);
-        vd_error("kafka %s: fatal error: %s", rd_kafka_name(rk), buf);
+        raise_fatal(opaque, rk);
         return;
     }
     /* Connection errors are already in librdkafka's own log lines; only say more when no
@@ -234,6 +248,12 @@ static void produce_or_retry(struct vd_kafka *k, struct retry *r) {
         k->producer, RD_KAFKA_V_TOPIC(k->out_topics[r->topic]),
         RD_KAFKA_V_KEY(r->key, r->keylen), RD_KAFKA_V_VALUE(r->payload, r->len),
         RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_OPAQUE(r), RD_KAFKA_V_END);
+    if (e == RD_KAFKA_RESP_ERR__FATAL) {
+        /* Nothing more will be produced: the output stays unacknowledged (its input
+         * uncommitted) until the daemon exits. */
+        enqueue_retry(k, r);
+        return;
+    }
     if (e) {
         vd_warn("kafka: produce to %s failed (%s); will retry", k->out_topics[r->topic],
                 rd_kafka_err2str(e));
@@ -252,8 +272,9 @@ static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque) {
     struct vd_kafka *k = opaque;
     struct retry *r = m->_private;
     if (m->err) {
-        vd_warn("kafka: delivery to %s failed (%s); will produce again", k->out_topics[r->topic],
-                rd_kafka_err2str(m->err));
+        if (!k->fatal)
+            vd_warn("kafka: delivery to %s failed (%s); will produce again",
+                    k->out_topics[r->topic], rd_kafka_err2str(m->err));
         k->stats.delivery_retries++;
         enqueue_retry(k, r);
         return;
@@ -288,6 +309,7 @@ void vd_kafka_produce(struct vd_kafka *k, enum vd_output_topic topic, const char
 
 static void serve_retries(struct vd_kafka *k) {
     uint64_t now = uv_now(k->loop);
+    if (k->fatal) return;
     while (k->retry_head && k->retry_head->due_ms <= now) {
         struct retry *r = k->retry_head;
         k->retry_head = r->next;
@@ -304,6 +326,12 @@ static int drain_consumer(struct vd_kafka *k) {
     for (int i = 0; i < DRAIN_BUDGET; i++) {
         rd_kafka_message_t *m = rd_kafka_consumer_poll(k->consumer, 0);
         if (!m) return 0;
+        if (m->err == RD_KAFKA_RESP_ERR__FATAL) {
+            /* A consumer's fatal error comes as a message, not through error_cb. */
+            rd_kafka_message_destroy(m);
+            raise_fatal(k, k->consumer);
+            return 0;
+        }
         if (m->err) {
             if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
                 vd_warn("kafka: consumer: %s", rd_kafka_message_errstr(m));
@@ -456,6 +484,7 @@ void vd_kafka_pause_all(struct vd_kafka *k, int pause) {
 }
 
 int vd_kafka_is_paused(const struct vd_kafka *k) { return k->paused; }
+int vd_kafka_is_fatal(const struct vd_kafka *k) { return k->fatal; }
 size_t vd_kafka_unacked(const struct vd_kafka *k) { return k->inflight; }
 int vd_kafka_has_assignment(const struct vd_kafka *k) { return k->ever_assigned; }
 const struct vd_kafka_stats *vd_kafka_stats(const struct vd_kafka *k) { return &k->stats; }
@@ -555,7 +584,7 @@ static int destroy_bounded(struct vd_kafka *k, int ms) {
 int vd_kafka_free(struct vd_kafka *k, int timeout_ms, int destroy_ms) {
     if (!k) return 0;
     int abandoned = 0;
-    if (k->producer && timeout_ms > 0) {
+    if (k->producer && timeout_ms > 0 && !k->fatal) {
         /* Produce what still waits in the retry list, then give the brokers a last chance. */
         uint64_t deadline = uv_now(k->loop) + (uint64_t)timeout_ms;
         while ((k->inflight || k->nretry) && uv_now(k->loop) < deadline) {

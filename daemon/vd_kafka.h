@@ -34,6 +34,10 @@ struct vd_kafka_handler {
     void (*on_revoke)(void *arg, const char *topic, int32_t partition, enum vd_topic_kind kind);
     /* An output produced with this opaque has been acknowledged by Kafka. */
     void (*on_delivered)(void *arg, void *opaque);
+    /* librdkafka raised a fatal error (the idempotent producer fenced or denied, a consumer
+     * fenced): the client cannot go on. Called once; why is librdkafka's sentence. */
+    void (*on_fatal)(void *fatal_arg, const char *why);
+    void *fatal_arg;
 };
 
 struct vd_kafka_stats {
@@ -63,6 +67,8 @@ void vd_kafka_store_offset(struct vd_kafka *k, const char *topic, int32_t partit
 /* Pauses or resumes fetching on every assigned partition (back-pressure, Redis outage). */
 void vd_kafka_pause_all(struct vd_kafka *k, int pause);
 int vd_kafka_is_paused(const struct vd_kafka *k);
+/* 1 once a fatal error was raised: outputs will never be acknowledged. */
+int vd_kafka_is_fatal(const struct vd_kafka *k);
 
 /* Messages produced and not yet acknowledged (including those waiting to be produced again). */
 size_t vd_kafka_unacked(const struct vd_kafka *k);

@@ -1,31 +1,98 @@
-#!lua name=vdispatch
+#!lua name=vdispatch_2
 --[[
-The vdispatch Redis Function library: every state change of volunteers and requests, each
-one atomic. vdispatchd loads it at start (FUNCTION LOAD REPLACE) and on every reconnect.
+The vdispatch Redis Function library, version 2: every state change of volunteers and
+requests, each one atomic. The version is in the library's name and in every function's name
+(vd2_*), so that two versions can run side by side during a rolling upgrade: vdispatchd loads
+its own version when it is missing and never replaces another one (see daemon/vd_redis.c).
 
-Keys (P is the configured key prefix, "vd:" by default):
-  P.."vol:"..vid        hash: lat lon skills languages max_tasks team event_id avail task pool
+Keys (P is the configured key prefix, "vd:" by default; it ends with ':' and holds no '/'; IDs
+are [A-Za-z0-9._:-] and never hold '/', so no ID can make one key look like another, and no
+deployment's prefix can reach another deployment's keys):
+  P.."vol/"..vid        hash: lat lon skills languages max_tasks team event_id avail task pool
                         (skills/languages are comma-joined; task = request holding the volunteer)
-  P.."pool:city"        GEO set of the city's volunteers who are available and not held
-  P.."pool:ev:"..eid    GEO set of one event's (concert, expo) available, unheld volunteers
-  POOL..":s:"..skill    GEO set of the pooled volunteers of POOL who have that skill: a request
+  P.."vols"             sorted set: every volunteer with a record, scored by the last event
+                        about them (ms): records nobody refreshed for redis.volunteer_ttl_s go
+  P.."pool/city"        GEO set of the city's volunteers who are available and not held
+  P.."pool/ev/"..eid    GEO set of one event's (concert, expo) available, unheld volunteers
+  POOL.."/s/"..skill    GEO set of the pooled volunteers of POOL who have that skill: a request
                         that needs a rare skill searches there, not among everyone nearby
-  P.."tasks:"..vid      sorted set: request_id scored by assignment time (ms), rolling 24 h
-  P.."req:"..rid        hash, one per request: state needed ev (the original event) at exp
-                        (start and end, ms) held (confirmed) offers (outstanding) tried (declined
-                        or timed out) attempts, o:<vid> "offer_id|attempt|deadline_ms",
-                        d:<vid> the match note, unmatched (outcome JSON), done c:<vid> released,
-                        f:<n> the facts (event log) with seq and pub (see fact())
+  P.."tasks/"..vid      sorted set: request_id scored by assignment time (ms), rolling 24 h
+  P.."req/"..rid        hash, one per request: state needed rq (what matching and the outputs
+                        need of the request, never the resident's own data) at exp (start and
+                        end, ms) held (volunteers confirmed) offers (outstanding) tried
+                        (declined or timed out) done (finished: completed or released)
+                        attempts, o:<vid> "offer_id|attempt|deadline_ms", d:<vid> the match
+                        note, t:<vid> when the volunteer was confirmed, c:<vid> how their task
+                        ended, unmatched (outcome JSON), f:<n> the facts (event log) with seq
+                        and pub (see fact())
   P.."due"              sorted set: request_id scored by when an instance must look at it next
-                        (scheduled start, offer deadline, expires_at, lease of a running step)
+                        (scheduled start, offer deadline, expires_at, task timeout, lease)
+  P.."probe"            a short-lived key vd2_probe writes to learn that Redis takes writes
 
 A volunteer is in exactly one pool (and its skill sets) while available and not held, and in
-none otherwise: that is the invariant that makes "no volunteer is held by two requests" a local check. Every
-function that changes a request is idempotent by request_id, so a replayed Kafka message gets
-the answer the first delivery got.
+none otherwise: that is the invariant that makes "no volunteer is held by two requests" a local
+check. Every function that changes a request is idempotent by request_id, so a replayed Kafka
+message gets the answer the first delivery got.
+
+Redis does not roll back a function that raises after a write, so every function checks its
+arguments (IDs, numbers, coordinates within what GEOADD accepts) and its keys before its first
+write, and answers "VDINPUT <what>" when one is bad. Nothing after the first write raises.
+Time is Redis's own (TIME), so instances with skewed clocks agree on every deadline.
 ]]
 
 local DAY_MS = 86400000
+local GEO_LAT = 85.05112878 -- the latitudes GEOADD accepts
+local EARTH_R = 6372797.560856 -- the radius Redis' GEO distances use
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- ---- arguments, checked before anything is written --------------------------------------
+
+local function is_id(s)
+  return type(s) == 'string' and #s >= 1 and #s <= 64 and not string.find(s, '[^%w._:-]')
+end
+
+local function is_id_or_empty(s) return s == '' or is_id(s) end
+
+-- A comma-joined list of IDs (may be empty).
+local function is_ids(s)
+  if type(s) ~= 'string' then return false end
+  if s == '' then return true end
+  for part in string.gmatch(s .. ',', '([^,]*),') do
+    if not is_id(part) then return false end
+  end
+  return true
+end
+
+local function int(s, lo, hi)
+  local n = tonumber(s)
+  if n == nil or n ~= n or n ~= math.floor(n) or n < lo or n > hi then return nil end
+  return n
+end
+
+local function real(s, lo, hi)
+  local n = tonumber(s)
+  if n == nil or n ~= n or n < lo or n > hi then return nil end
+  return n
+end
+
+local function lat_ok(s) return real(s, -GEO_LAT, GEO_LAT) end
+local function lon_ok(s) return real(s, -180, 180) end
+
+-- Collects what is wrong with the arguments; bad() turns it into the error reply.
+local function checker()
+  local ch = {}
+  function ch.need(ok, what)
+    if not ok and not ch.err then ch.err = what end
+    return ok
+  end
+  return ch
+end
+
+local function bad(ch) return redis.error_reply('VDINPUT ' .. ch.err) end
 
 local function split(s)
   local t = {}
@@ -34,27 +101,50 @@ local function split(s)
   return t
 end
 
-local function pool_key(p, event_id)
-  if event_id == nil or event_id == false or event_id == '' then return p .. 'pool:city' end
-  return p .. 'pool:ev:' .. event_id
+local function has(list, x)
+  for _, v in ipairs(list) do if v == x then return true end end
+  return false
 end
+
+local function without(list, x)
+  local out = {}
+  for _, v in ipairs(list) do if v ~= x then out[#out + 1] = v end end
+  return out
+end
+
+-- ---- keys ---------------------------------------------------------------------------------
+
+local K = {}
+function K.vol(p, vid) return p .. 'vol/' .. vid end
+function K.tasks(p, vid) return p .. 'tasks/' .. vid end
+function K.req(p, rid) return p .. 'req/' .. rid end
+function K.pool(p, event_id)
+  if event_id == nil or event_id == false or event_id == '' then return p .. 'pool/city' end
+  return p .. 'pool/ev/' .. event_id
+end
+
+-- ---- volunteers ---------------------------------------------------------------------------
 
 -- Adds a volunteer to a pool and to the pool's set of each of their skills.
 local function pool_add(pool, vid, lon, lat, skills)
   redis.call('GEOADD', pool, lon, lat, vid)
-  for _, sk in ipairs(split(skills)) do redis.call('GEOADD', pool .. ':s:' .. sk, lon, lat, vid) end
+  for _, sk in ipairs(split(skills)) do redis.call('GEOADD', pool .. '/s/' .. sk, lon, lat, vid) end
 end
 
 local function pool_rem(pool, vid, skills)
   redis.call('ZREM', pool, vid)
-  for _, sk in ipairs(split(skills)) do redis.call('ZREM', pool .. ':s:' .. sk, vid) end
+  for _, sk in ipairs(split(skills)) do redis.call('ZREM', pool .. '/s/' .. sk, vid) end
 end
 
--- Puts a volunteer back in their pool if they are available and hold no task.
+--[[ Puts a volunteer back in their pool if they are available and hold no task. A location
+stored out of GEO range (written by an older version) is not pooled: the volunteer waits,
+unpooled, for an event with a valid place. ]]
 local function repool(p, vkey, vid)
   local v = redis.call('HMGET', vkey, 'avail', 'task', 'lat', 'lon', 'event_id', 'skills')
-  if v[1] ~= '1' or (v[2] and v[2] ~= '') or not v[3] then return 0 end
-  local pool = pool_key(p, v[5])
+  if v[1] ~= '1' or (v[2] and v[2] ~= '') or not lat_ok(v[3]) or not lon_ok(v[4]) then
+    return 0
+  end
+  local pool = K.pool(p, v[5])
   pool_add(pool, vid, v[4], v[3], v[6])
   redis.call('HSET', vkey, 'pool', pool)
   return 1
@@ -66,24 +156,49 @@ local function unpool(vkey, vid)
   redis.call('HSET', vkey, 'pool', '')
 end
 
--- vd_vol_available KEYS: vol  ARGV: prefix vid lat lon skills languages max_tasks team event_id
+-- KEYS: vol vols; ARGV: prefix vid ...: the common checks of the volunteer functions.
+local function vol_args(keys, args, ch)
+  local p, vid = args[1], args[2]
+  ch.need(is_id(vid), 'volunteer_id')
+  ch.need(is_id(vid) and keys[1] == K.vol(p, vid) and keys[2] == p .. 'vols', 'keys')
+  return p, vid
+end
+
+-- vd2_vol_available KEYS: vol vols  ARGV: prefix vid lat lon skills languages max_tasks team event_id
 local function vol_available(keys, args)
-  local p, vkey, vid = args[1], keys[1], args[2]
+  local ch = checker()
+  local p, vid = vol_args(keys, args, ch)
+  ch.need(lat_ok(args[3]), 'location.lat')
+  ch.need(lon_ok(args[4]), 'location.lon')
+  ch.need(is_ids(args[5]), 'skills')
+  ch.need(is_ids(args[6]), 'languages')
+  ch.need(int(args[7], 0, 100), 'max_tasks_per_day')
+  ch.need(is_id_or_empty(args[8]), 'team')
+  ch.need(is_id_or_empty(args[9]), 'event_id')
+  if ch.err then return bad(ch) end
+  local vkey = keys[1]
   local task = redis.call('HGET', vkey, 'task')
   unpool(vkey, vid)
   redis.call('HSET', vkey, 'lat', args[3], 'lon', args[4], 'skills', args[5],
              'languages', args[6], 'max_tasks', args[7], 'team', args[8],
              'event_id', args[9], 'avail', '1')
+  redis.call('ZADD', keys[2], now_ms(), vid)
   if task and task ~= '' then return 'held' end
   repool(p, vkey, vid)
   return 'pooled'
 end
 
--- vd_vol_location KEYS: vol  ARGV: prefix vid lat lon
+-- vd2_vol_location KEYS: vol vols  ARGV: prefix vid lat lon
 local function vol_location(keys, args)
-  local vkey, vid = keys[1], args[2]
+  local ch = checker()
+  local _, vid = vol_args(keys, args, ch)
+  ch.need(lat_ok(args[3]), 'location.lat')
+  ch.need(lon_ok(args[4]), 'location.lon')
+  if ch.err then return bad(ch) end
+  local vkey = keys[1]
   if redis.call('EXISTS', vkey) == 0 then return 'unknown' end
   redis.call('HSET', vkey, 'lat', args[3], 'lon', args[4])
+  redis.call('ZADD', keys[2], now_ms(), vid)
   local v = redis.call('HMGET', vkey, 'pool', 'skills')
   if v[1] and v[1] ~= '' then
     pool_add(v[1], vid, args[4], args[3], v[2])
@@ -92,13 +207,53 @@ local function vol_location(keys, args)
   return 'stored'
 end
 
--- vd_vol_unavailable KEYS: vol  ARGV: prefix vid
+-- vd2_vol_unavailable KEYS: vol vols  ARGV: prefix vid
 local function vol_unavailable(keys, args)
+  local ch = checker()
+  local _, vid = vol_args(keys, args, ch)
+  if ch.err then return bad(ch) end
   local vkey = keys[1]
   if redis.call('EXISTS', vkey) == 0 then return 'unknown' end
-  unpool(vkey, args[2])
+  unpool(vkey, vid)
   redis.call('HSET', vkey, 'avail', '0')
+  redis.call('ZADD', keys[2], now_ms(), vid)
   return 'left'
+end
+
+--[[ vd2_sweep KEYS: vols  ARGV: prefix ttl_ms limit
+Removes up to limit volunteer records that no event refreshed for ttl_ms: out of their pool,
+record deleted. One who holds a task stays until it ends (a task timeout ends it at the latest)
+and is looked at again a ttl later, unless the request holding them has no record any more.
+Their rolling 24 h task count expires on its own. ]]
+local function sweep(keys, args)
+  local ch = checker()
+  local p = args[1]
+  local ttl, limit = int(args[2], 1, 1e12), int(args[3], 1, 10000)
+  ch.need(ttl and limit, 'ttl/limit')
+  ch.need(keys[1] == p .. 'vols', 'keys')
+  if ch.err then return bad(ch) end
+  local now = now_ms()
+  local vids = redis.call('ZRANGEBYSCORE', keys[1], '-inf', now - ttl, 'LIMIT', 0, limit)
+  local gone = 0
+  for _, vid in ipairs(vids) do
+    local vkey = K.vol(p, vid)
+    local task = redis.call('HGET', vkey, 'task')
+    if task and task ~= '' and redis.call('EXISTS', K.req(p, task)) == 1 then
+      redis.call('ZADD', keys[1], now, vid)
+    else
+      unpool(vkey, vid)
+      redis.call('DEL', vkey)
+      redis.call('ZREM', keys[1], vid)
+      gone = gone + 1
+    end
+  end
+  return gone
+end
+
+-- vd2_probe KEYS: probe  A write that tells the daemon Redis takes writes (and has this library).
+local function probe(keys, args)
+  redis.call('SET', keys[1], '1', 'PX', 10000)
+  return 'ok'
 end
 
 -- ---- requests ----------------------------------------------------------------------------
@@ -117,8 +272,11 @@ local MOVES = {
   completed = {}, cancelled = {},
 }
 local ACTIVE = {scheduled = true, searching = true, offered = true}
+-- Ended, or confirmed: what a task timeout can still free volunteers of.
+local HOLDING = {confirmed = true, unmatched = true, expired = true}
 
--- The one place a request changes state: refuses a move the table does not allow.
+-- The one place a request changes state: refuses a move the table does not allow. Every
+-- caller moves only along the table, so this never fires after a write.
 local function move(r, to)
   if r.state == to then return end
   if not MOVES[r.state][to] then
@@ -127,49 +285,52 @@ local function move(r, to)
   r.state = to
 end
 
-local F = {'state', 'needed', 'held', 'offers', 'tried', 'attempts', 'at', 'exp', 'seq', 'pub', 'ev'}
+local F = {'state', 'needed', 'held', 'offers', 'tried', 'done', 'attempts', 'at', 'exp', 'seq', 'pub'}
+local NCOMMON = 8
 
---[[ Common ARGV of the request functions: prefix rid now_ms ttl_s lease_ms max_offers
-offer_timeout_ms; KEYS[1] is the request's hash, KEYS[2] the due set. ]]
-local function context(keys, args)
-  return {p = args[1], rid = args[2], now = tonumber(args[3]), ttl = tonumber(args[4]),
-          lease = tonumber(args[5]), max_offers = tonumber(args[6]), timeout = tonumber(args[7]),
-          rkey = keys[1], due = keys[2]}
+--[[ Common ARGV of the request functions: prefix rid ttl_s lease_ms max_offers
+offer_timeout_ms task_timeout_ms want_rq; KEYS[1] is the request's hash, KEYS[2] the due set.
+want_rq 1 asks for the request's stored description in the reply (a job that is not the
+request's own event needs it). Returns the context, or nil after noting the error in ch. ]]
+local function context(keys, args, ch)
+  local p, rid = args[1], args[2]
+  local c = {p = p, rid = rid, now = now_ms(), ttl = int(args[3], 1, 1e9),
+             lease = int(args[4], 1, 1e9), max_offers = int(args[5], 1, 1000),
+             timeout = int(args[6], 0, 1e12), task_ms = int(args[7], 0, 1e12),
+             want_rq = args[8] == '1', rkey = keys[1], due = keys[2]}
+  ch.need(is_id(rid), 'request_id')
+  ch.need(c.ttl and c.lease and c.max_offers and c.timeout and c.task_ms, 'common arguments')
+  ch.need(is_id(rid) and keys[1] == K.req(p, rid) and keys[2] == p .. 'due', 'keys')
+  return c
 end
 
 local function load(c)
   local v = redis.call('HMGET', c.rkey, unpack(F))
   return {rid = c.rid, state = v[1] or 'received', needed = tonumber(v[2]) or 1,
-          held = split(v[3]), offers = split(v[4]), tried = split(v[5]),
-          attempts = tonumber(v[6]) or 0, at = tonumber(v[7]) or 0, exp = tonumber(v[8]) or 0,
-          seq = tonumber(v[9]) or 0, seq0 = tonumber(v[9]) or 0, pub = tonumber(v[10]) or 0, ev = v[11] or '', facts = {}}
+          held = split(v[3]), offers = split(v[4]), tried = split(v[5]), done = split(v[6]),
+          attempts = tonumber(v[7]) or 0, at = tonumber(v[8]) or 0, exp = tonumber(v[9]) or 0,
+          seq = tonumber(v[10]) or 0, seq0 = tonumber(v[10]) or 0, pub = tonumber(v[11]) or 0}
 end
 
 local function save(c, r)
   redis.call('HSET', c.rkey, 'state', r.state, 'needed', r.needed, 'held', table.concat(r.held, ','),
              'offers', table.concat(r.offers, ','), 'tried', table.concat(r.tried, ','),
-             'attempts', r.attempts, 'seq', r.seq)
-  -- A request scheduled further ahead than the TTL is kept until its start, and the TTL after.
+             'done', table.concat(r.done, ','), 'attempts', r.attempts, 'seq', r.seq)
+  -- A request scheduled further ahead than the TTL is kept until its start, and the TTL after;
+  -- one whose volunteers' tasks still run, until they time out at the latest.
   local ttl = c.ttl
   if r.at > c.now then ttl = ttl + math.ceil((r.at - c.now) / 1000) end
+  if #r.held > #r.done then ttl = ttl + math.ceil(c.task_ms / 1000) end
   redis.call('EXPIRE', c.rkey, ttl)
 end
 
-local function has(list, x)
-  for _, v in ipairs(list) do if v == x then return true end end
-  return false
-end
-
-local function without(list, x)
-  local out = {}
-  for _, v in ipairs(list) do if v ~= x then out[#out + 1] = v end end
-  return out
-end
-
 --[[ Facts are the request's event log: one line per output-worthy change, "kind|vid|...",
-kept in f:<n>. Those after `pub` are not known to have reached Kafka yet; every function
-returns them, so whoever runs next publishes them again (same event ids) until vd_settle
-says they were acknowledged. ]]
+kept in f:<n>; n is the request's sequence, which every output of the fact carries. Those
+after `pub` are not known to have reached Kafka yet; every function returns them, so whoever
+runs next publishes them again (same event ids) until vd2_settle says they were acknowledged.
+Kinds: offered|vid|offer_id|attempt|deadline|note  confirmed|vid|offer_id|attempt|note
+withdrawn|vid|offer_id|why  unmatched|json  cancelled|vid (vid empty: nobody was held)
+completed|vid|all(0/1)  released|vid|why (a task past task_timeout_s) ]]
 local function fact(c, r, line)
   r.seq = r.seq + 1
   redis.call('HSET', c.rkey, 'f:' .. r.seq, line)
@@ -190,14 +351,15 @@ local function facts(c, r, kinds)
   return out
 end
 
--- Frees a volunteer the request holds (offered or confirmed): back to their pool, and the
--- slot in their daily cap freed.
-local function release(c, vid)
-  local vkey = c.p .. 'vol:' .. vid
-  if redis.call('HGET', vkey, 'task') ~= c.rid then return end
+-- Frees a volunteer the request holds (offered or confirmed): back to their pool. The slot in
+-- their daily cap is freed too, unless the task counts (it ran: a task timeout).
+local function release(c, vid, counts)
+  local vkey = K.vol(c.p, vid)
+  if redis.call('HGET', vkey, 'task') ~= c.rid then return false end
   redis.call('HSET', vkey, 'task', '')
-  redis.call('ZREM', c.p .. 'tasks:' .. vid, c.rid)
+  if not counts then redis.call('ZREM', K.tasks(c.p, vid), c.rid) end
   repool(c.p, vkey, vid)
+  return true
 end
 
 -- offer_id attempt deadline_ms of an outstanding offer.
@@ -207,9 +369,21 @@ local function offer_of(c, vid)
   return oid or '', tonumber(attempt) or 0, tonumber(deadline) or 0
 end
 
+-- Volunteers confirmed whose task is still running, with when it started.
+local function running_tasks(c, r)
+  local out = {}
+  for _, vid in ipairs(r.held) do
+    if not has(r.done, vid) then
+      out[#out + 1] = {vid, tonumber(redis.call('HGET', c.rkey, 't:' .. vid)) or c.now}
+    end
+  end
+  return out
+end
+
 --[[ When someone must look at the request next: the scheduled start, the earliest offer
-deadline, expires_at; and at most a lease away while a search runs or facts wait for Kafka,
-so that a request whose worker died is taken up again by any instance. ]]
+deadline, expires_at, the earliest task timeout; and at most a lease away while a search runs
+or facts wait for Kafka, so that a request whose worker died is taken up again by any
+instance. ]]
 local function set_due(c, r, keep_lease)
   local t = nil
   local function at(x) if x > 0 and (t == nil or x < t) then t = x end end
@@ -222,17 +396,23 @@ local function set_due(c, r, keep_lease)
     if r.state ~= 'scheduled' then at(r.exp) end
     if r.state == 'searching' or r.busy then at(c.now + c.lease) end
   end
+  if HOLDING[r.state] and c.task_ms > 0 then
+    for _, task in ipairs(running_tasks(c, r)) do at(task[2] + c.task_ms) end
+  end
   if r.seq > r.pub then at(c.now + c.lease) end
   if t and t <= c.now and keep_lease then
-    -- Overdue, but an instance holds it under a lease (vd_settle): leave it theirs.
+    -- Overdue, but an instance holds it under a lease (vd2_settle): leave it theirs.
     local cur = tonumber(redis.call('ZSCORE', c.due, c.rid))
     if cur and cur > c.now then t = cur end
   end
   if t then redis.call('ZADD', c.due, t, c.rid) else redis.call('ZREM', c.due, c.rid) end
 end
 
-local function request_data(r)
-  local ok, doc = pcall(cjson.decode, r.ev)
+-- The request's stored description (a CloudEvent the daemon made of the request's own event,
+-- with only what matching and the outputs need).
+local function request_data(c)
+  local rq = redis.call('HGET', c.rkey, 'rq') or ''
+  local ok, doc = pcall(cjson.decode, rq)
   if ok and type(doc) == 'table' and type(doc.data) == 'table' then return doc.data end
   return {}
 end
@@ -247,8 +427,8 @@ local function end_unmatched(c, r, doc)
   fact(c, r, 'unmatched|' .. json)
 end
 
-local function lua_unmatched(c, r, reason)
-  local data = request_data(r)
+local function lua_unmatched(c, reason)
+  local data = request_data(c)
   local doc = {request_id = c.rid, reason = reason, radius_m = 0, candidates_considered = 0,
                filtered = {}}
   if type(data.service) == 'string' then doc.service = data.service end
@@ -259,24 +439,39 @@ end
 -- Withdraws an outstanding offer: the volunteer is freed and never offered this request again.
 local function withdraw(c, r, vid, why)
   local oid = offer_of(c, vid)
-  release(c, vid)
+  release(c, vid, false)
   r.offers = without(r.offers, vid)
-  if why ~= 'cancelled' then r.tried[#r.tried + 1] = vid end
+  r.tried[#r.tried + 1] = vid
   fact(c, r, 'withdrawn|' .. vid .. '|' .. oid .. '|' .. why)
 end
 
--- Applies what time did: an expired request ends, a scheduled one starts, offers time out.
+--[[ Applies what time did: an expired request ends, a scheduled one starts, offers time out,
+and a task past task_timeout_s frees its volunteer (the coordinator is told: nobody said the
+task was done); a confirmed request whose tasks all ended is completed. ]]
 local function advance(c, r)
-  if not ACTIVE[r.state] then return end
-  if r.exp > 0 and c.now >= r.exp and #r.held < r.needed then
-    for _, vid in ipairs(r.offers) do withdraw(c, r, vid, 'expired') end
-    end_unmatched(c, r, lua_unmatched(c, r, 'expired'))
-    return
+  if ACTIVE[r.state] then
+    if r.exp > 0 and c.now >= r.exp and #r.held < r.needed then
+      for _, vid in ipairs(r.offers) do withdraw(c, r, vid, 'expired') end
+      end_unmatched(c, r, lua_unmatched(c, 'expired'))
+    else
+      if r.state == 'scheduled' and c.now >= r.at then move(r, 'searching') end
+      for _, vid in ipairs(r.offers) do
+        local _, _, deadline = offer_of(c, vid)
+        if c.now >= deadline then withdraw(c, r, vid, 'timeout') end
+      end
+    end
   end
-  if r.state == 'scheduled' and c.now >= r.at then move(r, 'searching') end
-  for _, vid in ipairs(r.offers) do
-    local _, _, deadline = offer_of(c, vid)
-    if c.now >= deadline then withdraw(c, r, vid, 'timeout') end
+  if HOLDING[r.state] and c.task_ms > 0 then
+    for _, task in ipairs(running_tasks(c, r)) do
+      local vid = task[1]
+      if c.now >= task[2] + c.task_ms then
+        release(c, vid, true)
+        r.done[#r.done + 1] = vid
+        redis.call('HSET', c.rkey, 'c:' .. vid, 'timeout')
+        fact(c, r, 'released|' .. vid .. '|task_timeout')
+      end
+    end
+    if r.state == 'confirmed' and #r.done >= #r.held then move(r, 'completed') end
   end
 end
 
@@ -292,7 +487,7 @@ local function resolve(c, r)
     r.busy = true -- the caller searches now: under a lease, in case it dies doing so
     return 1
   end
-  if #r.offers == 0 then end_unmatched(c, r, lua_unmatched(c, r, 'all_declined')) end
+  if #r.offers == 0 then end_unmatched(c, r, lua_unmatched(c, 'all_declined')) end
   return 0
 end
 
@@ -302,38 +497,74 @@ local function finish_call(c, r)
 end
 
 --[[ The reply of every request function:
-{tag, state, open, search, exclude, ev, {facts}, {page}, extra}: open is how many volunteers
+{tag, state, open, search, exclude, rq, {facts}, {page}, extra}: open is how many volunteers
 are still to find, search 1 when the caller should search and offer now, exclude the
-comma-joined volunteers never to offer again (held, offered, declined, timed out), ev the
-request's original event, facts "n|kind|..." lines to publish, page a search page when the
-function ran one. ]]
+comma-joined volunteers never to offer again (held, offered, declined, timed out), rq the
+request's stored description when asked for (want_rq), facts "[+]n|kind|..." lines to
+publish, page a search page when the function ran one. ]]
 local function reply(c, r, tag, search, list, page, extra)
   local ex = {}
   for _, l in ipairs({r.held, r.offers, r.tried}) do
     for _, v in ipairs(l) do ex[#ex + 1] = v end
   end
+  local rq = ''
+  if c.want_rq then rq = redis.call('HGET', c.rkey, 'rq') or '' end
   return {tag, r.state, math.max(r.needed - #r.held - #r.offers, 0), search,
-          table.concat(ex, ','), r.ev, list, page or {}, extra or ''}
+          table.concat(ex, ','), rq, list or {}, page or {}, extra or ''}
 end
 
--- What a replayed vd.request.created publishes again: the request's whole log but cancels
--- (an offer is never republished without what ended it).
-local OUTCOMES = {offered = true, confirmed = true, withdrawn = true, unmatched = true}
+-- A replayed vd.request.created publishes the request's whole log again.
+local ALL = {offered = true, confirmed = true, withdrawn = true, unmatched = true,
+             cancelled = true, completed = true, released = true}
+
+-- The search's own arguments (after the keys' pool and skill sets): lat lon radius_m count
+-- max_points. Notes what is wrong in ch; returns them as numbers.
+local function search_args(args, i, ch)
+  local lat, lon = lat_ok(args[i]), lon_ok(args[i + 1])
+  local radius, count = int(args[i + 2], 1, 1e7), int(args[i + 3], 1, 1000)
+  local maxpts = int(args[i + 4], 0, 1e6)
+  ch.need(lat and lon, 'location')
+  ch.need(radius and count and maxpts, 'search arguments')
+  return lat, lon, radius, count, maxpts
+end
 
 --[[ One search page: the candidates offset+1 .. offset+count nearest within radius_m of
 pool (or of the smallest of the skill sets, when given: everyone there has at least that
-rare skill). Returns {'ok', total, without, id, dist, skills, languages, max_tasks,
+rare skill). Returns {'ok', total, without, dense, id, dist, skills, languages, max_tasks,
 tasks_24h, ...}: total is how many the search returned before the offset was skipped;
-without counts volunteers in range who lack the searched skill (only when nobody has it). ]]
-local function search_page(p, pool, skill_sets, lat, lon, radius, offset, count, now)
+without counts volunteers in range who lack the searched skill (only when nobody has it).
+
+GEOSEARCH costs as many points as lie in the searched area, so a wide search is bounded:
+with max_points > 0, a probe (ANY, which stops at max_points) comes first, and when the
+area holds max_points or more the page is taken from those points, nearest first, instead
+of sorting the whole area (dense = 1: a dense place; the nearest may be missing from it). ]]
+local function search_page(p, pool, skill_sets, lat, lon, radius, offset, count, now, maxpts)
   local base = pool
   local best = nil
   for _, k in ipairs(skill_sets) do
     local n = redis.call('ZCARD', k)
     if best == nil or n < best then best, pool = n, k end
   end
-  local found = redis.call('GEOSEARCH', pool, 'FROMLONLAT', lon, lat,
-                           'BYRADIUS', radius, 'm', 'ASC', 'COUNT', offset + count, 'WITHDIST')
+  local want = offset + count
+  local found, dense = nil, 0
+  if maxpts > 0 then
+    local probe = redis.call('GEOSEARCH', pool, 'FROMLONLAT', lon, lat, 'BYRADIUS', radius,
+                             'm', 'COUNT', maxpts, 'ANY', 'WITHDIST')
+    if #probe >= maxpts then
+      dense = 1
+      table.sort(probe, function(a, b)
+        local da, db = tonumber(a[2]), tonumber(b[2])
+        if da ~= db then return da < db end
+        return a[1] < b[1]
+      end)
+      found = {}
+      for i = 1, math.min(want, #probe) do found[i] = probe[i] end
+    end
+  end
+  if not found then
+    found = redis.call('GEOSEARCH', pool, 'FROMLONLAT', lon, lat,
+                       'BYRADIUS', radius, 'm', 'ASC', 'COUNT', want, 'WITHDIST')
+  end
   -- Nobody with the rare skill in range: say how many without it were there (up to count),
   -- so that the outcome tells "no eligible volunteer" from "nobody in range".
   local nwithout = 0
@@ -341,12 +572,12 @@ local function search_page(p, pool, skill_sets, lat, lon, radius, offset, count,
     nwithout = #redis.call('GEOSEARCH', base, 'FROMLONLAT', lon, lat,
                            'BYRADIUS', radius, 'm', 'COUNT', count, 'ANY')
   end
-  local out = {'ok', #found, nwithout}
+  local out = {'ok', #found, nwithout, dense}
   local since = now - DAY_MS
   for i = offset + 1, #found do
     local vid, dist = found[i][1], found[i][2]
-    local v = redis.call('HMGET', p .. 'vol:' .. vid, 'skills', 'languages', 'max_tasks')
-    local n = redis.call('ZCOUNT', p .. 'tasks:' .. vid, '(' .. since, '+inf')
+    local v = redis.call('HMGET', p .. 'vol/' .. vid, 'skills', 'languages', 'max_tasks')
+    local n = redis.call('ZCOUNT', K.tasks(p, vid), '(' .. since, '+inf')
     out[#out + 1] = vid
     out[#out + 1] = dist
     out[#out + 1] = v[1] or ''
@@ -357,76 +588,146 @@ local function search_page(p, pool, skill_sets, lat, lon, radius, offset, count,
   return out
 end
 
--- vd_search KEYS: pool [skill-set ...]  ARGV: prefix lat lon radius_m offset count now_ms
--- A further search page (read-only).
-local function search(keys, args)
+-- KEYS[first..]: the pool and its skill sets, checked against the prefix.
+local function pool_keys(keys, first, p, ch)
+  local pool = keys[first]
+  ch.need(type(pool) == 'string' and (pool == p .. 'pool/city' or
+          (string.sub(pool, 1, #p + 8) == p .. 'pool/ev/' and is_id(string.sub(pool, #p + 9)))),
+          'pool key')
   local sets = {}
-  for i = 2, #keys do sets[#sets + 1] = keys[i] end
-  return search_page(args[1], keys[1], sets, args[2], args[3], args[4], tonumber(args[5]),
-                     tonumber(args[6]), tonumber(args[7]))
+  for i = first + 1, #keys do
+    ch.need(type(pool) == 'string' and string.sub(keys[i], 1, #pool + 3) == pool .. '/s/' and
+            is_id(string.sub(keys[i], #pool + 4)), 'skill key')
+    sets[#sets + 1] = keys[i]
+  end
+  return pool, sets
 end
 
---[[ vd_admit KEYS: req due pool [skill-set ...]
-ARGV: common, needed at_ms exp_ms ev lat lon radius_m count
+-- vd2_search KEYS: pool [skill-set ...]  ARGV: prefix lat lon radius_m count max_points offset
+-- A further search page (read-only).
+local function search(keys, args)
+  local ch = checker()
+  local p = args[1]
+  local pool, sets = pool_keys(keys, 1, p, ch)
+  local lat, lon, radius, count, maxpts = search_args(args, 2, ch)
+  local offset = int(args[7], 0, 1e6)
+  ch.need(offset, 'offset')
+  if ch.err then return bad(ch) end
+  return search_page(p, pool, sets, lat, lon, radius, offset, count, now_ms(), maxpts)
+end
+
+--[[ vd2_admit KEYS: req due pool [skill-set ...]
+ARGV: common, needed at_ms exp_ms time_ms rq lat lon radius_m count max_points
 A new request gets its record: scheduled until at_ms (not_before less the lead time), else
-searching, with the first search page in the same call. A request seen again (redelivery,
-duplicate) answers 'replay' with its recorded outcome facts to publish again, or 'resume'
-when an earlier run stopped in the middle of a search. ]]
+searching, with the first search page in the same call; expired at once when exp_ms passed.
+A request seen again (redelivery, duplicate) answers 'replay' with its recorded facts to
+publish again, or 'resume' when an earlier run stopped in the middle of a search. A request
+whose event (time_ms) is older than the record's TTL and has no record answers 'stale' and
+writes nothing: its record, if it had one, has expired, and it must not be matched again. ]]
 local function admit(keys, args)
-  local c = context(keys, args)
+  local ch = checker()
+  local c = context(keys, args, ch)
+  local needed, at = int(args[9], 1, 10), int(args[10], 0, 1e15)
+  local exp, time = int(args[11], 0, 1e15), int(args[12], 0, 1e15)
+  local rq = args[13]
+  ch.need(needed and at and exp and time, 'needed/not_before/expires_at/time')
+  ch.need(type(rq) == 'string' and #rq > 0 and pcall(cjson.decode, rq), 'rq')
+  local pool, sets = pool_keys(keys, 3, c.p, ch)
+  local lat, lon, radius, count, maxpts = search_args(args, 14, ch)
+  if ch.err then return bad(ch) end
   local r = load(c)
-  local tag, list = 'new', nil
+  local tag = 'new'
   if r.state == 'received' then
-    r.needed, r.at, r.exp, r.ev = tonumber(args[8]), tonumber(args[9]), tonumber(args[10]), args[11]
-    redis.call('HSET', c.rkey, 'at', r.at, 'exp', r.exp, 'ev', r.ev)
-    move(r, r.at > c.now and 'scheduled' or 'searching')
+    if time + c.ttl * 1000 < c.now then return reply(c, r, 'stale', 0, {}) end
+    r.needed, r.at, r.exp = needed, at, exp
+    redis.call('HSET', c.rkey, 'at', r.at, 'exp', r.exp, 'rq', rq)
+    if r.exp > 0 and c.now >= r.exp then
+      end_unmatched(c, r, lua_unmatched(c, 'expired'))
+    else
+      move(r, r.at > c.now and 'scheduled' or 'searching')
+    end
   elseif r.state == 'searching' then
     tag = 'resume'
   else
     tag = 'replay'
   end
-  if r.ev == '' and r.state ~= 'received' then
+  if redis.call('HEXISTS', c.rkey, 'rq') == 0 then
     -- A record made before its request (a cancel that came first) learns what it asked for.
-    r.ev, r.needed = args[11], tonumber(args[8])
-    redis.call('HSET', c.rkey, 'ev', r.ev)
+    r.needed = needed
+    redis.call('HSET', c.rkey, 'rq', rq)
   end
   advance(c, r)
   local s = resolve(c, r)
-  list = facts(c, r, tag == 'replay' and OUTCOMES or nil)
+  local list = facts(c, r, tag == 'replay' and ALL or nil)
   local page = nil
-  if s == 1 then
-    local sets = {}
-    for i = 4, #keys do sets[#sets + 1] = keys[i] end
-    page = search_page(c.p, keys[3], sets, args[12], args[13], args[14], 0, tonumber(args[15]), c.now)
-  end
+  if s == 1 then page = search_page(c.p, pool, sets, lat, lon, radius, 0, count, c.now, maxpts) end
   finish_call(c, r)
   return reply(c, r, tag, s, list, page)
 end
 
---[[ vd_offer KEYS: req due  ARGV: common, default_cap, vid note vid note ...
+-- Great-circle distance in metres, as Redis computes it.
+local function distance(lat1, lon1, lat2, lon2)
+  local r1, r2 = math.rad(lat1), math.rad(lat2)
+  local u = math.sin((r2 - r1) / 2)
+  local v = math.sin(math.rad(lon2 - lon1) / 2)
+  return 2 * EARTH_R * math.asin(math.sqrt(u * u + math.cos(r1) * math.cos(r2) * v * v))
+end
+
+local function has_all(list, want)
+  for _, x in ipairs(want) do if not has(list, x) then return false end end
+  return true
+end
+
+local function has_any(list, want)
+  if #want == 0 then return true end
+  for _, x in ipairs(want) do if has(list, x) then return true end end
+  return false
+end
+
+--[[ vd2_offer KEYS: req due pool
+ARGV: common, default_cap lat lon max_distance_m skills languages, vid note vid note ...
 A note is "distance/radius/considered" as the search saw it; it is kept (d:<vid>) with the
-offer. Offers the request, in the order given, to volunteers who are still pooled, under
-their daily cap and never tried for it, until no slot is open. Each offer holds the
-volunteer (out of every pool). With offer_timeout_ms 0 the offer is confirmed at once
-(direct mode); else it waits for an answer until its deadline (never after expires_at).
-extra is how many were offered now. ]]
+offer. Offers the request, in the order given, to volunteers who are still what the search
+saw: in the request's own pool (city or its event), within max_distance_m of the request,
+with every skill it needs and one of its languages, under their daily cap and never tried
+for it, until no slot is open. A search result gone stale (the volunteer moved, changed pool
+or skills) is skipped. Each offer holds the volunteer (out of every pool). With
+offer_timeout_ms 0 the offer is confirmed at once (direct mode); else it waits for an answer
+until its deadline (never after expires_at). extra is how many were offered now. ]]
 local function offer(keys, args)
-  local c = context(keys, args)
+  local ch = checker()
+  local c = context(keys, args, ch)
+  local pool = pool_keys({keys[3]}, 1, c.p, ch)
+  local cap0 = int(args[9], 1, 1000)
+  local lat, lon = lat_ok(args[10]), lon_ok(args[11])
+  local maxd = real(args[12], 1, 1e8)
+  ch.need(cap0 and lat and lon and maxd, 'offer arguments')
+  ch.need(is_ids(args[13]) and is_ids(args[14]), 'skills/languages')
+  ch.need((#args - 14) % 2 == 0, 'candidate list')
+  for i = 15, #args - 1, 2 do
+    ch.need(is_id(args[i]), 'volunteer_id')
+    ch.need(string.find(args[i + 1], '^[0-9.]+/[0-9]+/[0-9]+$'), 'note')
+  end
+  if ch.err then return bad(ch) end
+  local skills, langs = split(args[13]), split(args[14])
   local r = load(c)
-  local cap0 = tonumber(args[8])
   advance(c, r)
   local made = 0
   if r.state == 'searching' or r.state == 'offered' then
     local have = {}
     for _, l in ipairs({r.held, r.offers, r.tried}) do for _, v in ipairs(l) do have[v] = true end end
-    for i = 9, #args - 1, 2 do
+    for i = 15, #args - 1, 2 do
       if r.needed - #r.held - #r.offers <= 0 or r.attempts >= c.max_offers * r.needed then break end
       local vid = args[i]
-      local vkey = c.p .. 'vol:' .. vid
-      local v = redis.call('HMGET', vkey, 'avail', 'task', 'pool', 'max_tasks')
-      if not have[vid] and v[1] == '1' and (not v[2] or v[2] == '') and v[3] and v[3] ~= ''
-         and redis.call('ZSCORE', v[3], vid) then
-        local tkey = c.p .. 'tasks:' .. vid
+      local vkey = K.vol(c.p, vid)
+      local v = redis.call('HMGET', vkey, 'avail', 'task', 'pool', 'max_tasks', 'skills', 'languages')
+      local pos = nil
+      if not have[vid] and v[1] == '1' and (not v[2] or v[2] == '') and v[3] == pool then
+        pos = redis.call('GEOPOS', pool, vid)[1]
+      end
+      if pos and distance(lat, lon, tonumber(pos[2]), tonumber(pos[1])) <= maxd + 1
+         and has_all(split(v[5]), skills) and has_any(split(v[6]), langs) then
+        local tkey = K.tasks(c.p, vid)
         redis.call('ZREMRANGEBYSCORE', tkey, '-inf', c.now - DAY_MS)
         local cap = tonumber(v[4]) or 0
         if cap <= 0 then cap = cap0 end
@@ -443,6 +744,7 @@ local function offer(keys, args)
           redis.call('HSET', c.rkey, 'd:' .. vid, note)
           if c.timeout <= 0 then
             r.held[#r.held + 1] = vid
+            redis.call('HSET', c.rkey, 't:' .. vid, c.now)
             fact(c, r, 'confirmed|' .. vid .. '|' .. oid .. '|' .. r.attempts .. '|' .. note)
           else
             local deadline = c.now + c.timeout
@@ -461,15 +763,19 @@ local function offer(keys, args)
   return reply(c, r, 'ok', s, list, nil, tostring(made))
 end
 
---[[ vd_respond KEYS: req due  ARGV: common, vid offer_id accept|decline
+--[[ vd2_respond KEYS: req due  ARGV: common, vid offer_id accept|decline
 The volunteer's answer to an offer. Accepted: confirmed. Declined: released, never offered
 this request again, and a search for the next one is due. An answer to no outstanding offer
 (wrong offer_id, another volunteer, past its deadline, already answered, an ended request)
 changes nothing: tag 'ignored', extra says why. ]]
 local function respond(keys, args)
-  local c = context(keys, args)
+  local ch = checker()
+  local c = context(keys, args, ch)
+  local vid, oid, kind = args[9], args[10], args[11]
+  ch.need(is_id(vid) and is_id(oid), 'volunteer_id/offer_id')
+  ch.need(kind == 'accept' or kind == 'decline', 'answer')
+  if ch.err then return bad(ch) end
   local r = load(c)
-  local vid, oid, kind = args[8], args[9], args[10]
   if r.state == 'received' then
     return reply(c, r, 'ignored', 0, {}, nil, 'unknown request')
   end
@@ -490,10 +796,11 @@ local function respond(keys, args)
     r.offers = without(r.offers, vid)
     if kind == 'accept' then
       r.held[#r.held + 1] = vid
+      redis.call('HSET', c.rkey, 't:' .. vid, c.now)
       local note = redis.call('HGET', c.rkey, 'd:' .. vid) or '0'
       fact(c, r, 'confirmed|' .. vid .. '|' .. oid .. '|' .. attempt .. '|' .. note)
     else
-      release(c, vid)
+      release(c, vid, false)
       r.tried[#r.tried + 1] = vid
       fact(c, r, 'withdrawn|' .. vid .. '|' .. oid .. '|declined')
     end
@@ -504,15 +811,17 @@ local function respond(keys, args)
   return reply(c, r, why and 'ignored' or 'ok', s, list, nil, why or '')
 end
 
---[[ vd_tick KEYS: req due  ARGV: common
+--[[ vd2_tick KEYS: req due  ARGV: common
 Run for a request taken from the due set: applies what time did (start, expiry, offer
-timeouts) and returns what is left to publish and whether to search. ]]
+timeouts, task timeouts) and returns what is left to publish and whether to search. ]]
 local function tick(keys, args)
-  local c = context(keys, args)
+  local ch = checker()
+  local c = context(keys, args, ch)
+  if ch.err then return bad(ch) end
   local r = load(c)
   if r.state == 'received' then
     redis.call('ZREM', c.due, c.rid)
-    return reply(c, r, 'gone', 0, {}, nil)
+    return reply(c, r, 'gone', 0, {})
   end
   advance(c, r)
   local s = resolve(c, r)
@@ -521,32 +830,24 @@ local function tick(keys, args)
   return reply(c, r, 'ok', s, list, nil)
 end
 
---[[ vd_finish KEYS: req due  ARGV: common, unmatched_json needed ev
+--[[ vd2_finish KEYS: req due  ARGV: common, unmatched_json
 The daemon found nobody more to offer: the request ends unmatched with the outcome document
 it built (volunteers_missing is set here; a request that had offers declined or timed out
-ends all_declined), unless offers are still outstanding: then it waits for their answers.
-A request with no record yet (expired on arrival) gets one. ]]
+ends all_declined), unless offers are still outstanding: then it waits for their answers. ]]
 local function finish(keys, args)
-  local c = context(keys, args)
+  local ch = checker()
+  local c = context(keys, args, ch)
+  local ok, doc = pcall(cjson.decode, args[9] or '')
+  ch.need(ok and type(doc) == 'table' and type(doc.reason) == 'string', 'outcome document')
+  if ch.err then return bad(ch) end
   local r = load(c)
-  local doc = cjson.decode(args[8])
-  if r.state == 'received' then
-    r.needed, r.ev = tonumber(args[9]), args[10]
-    redis.call('HSET', c.rkey, 'ev', r.ev)
-    move(r, doc.reason == 'expired' and 'expired' or 'searching')
-    if r.state == 'expired' then
-      end_unmatched(c, r, doc)
-      local list = facts(c, r, nil)
-      finish_call(c, r)
-      return reply(c, r, 'ok', 0, list, nil)
-    end
-  end
+  if r.state == 'received' then return reply(c, r, 'gone', 0, {}) end
   if r.state ~= 'searching' and r.state ~= 'offered' then
-    return reply(c, r, 'replay', 0, facts(c, r, OUTCOMES), nil)
+    return reply(c, r, 'replay', 0, facts(c, r, ALL))
   end
   advance(c, r)
   if ACTIVE[r.state] and #r.offers == 0 then
-    if #r.tried > 0 and doc.reason ~= 'expired' then doc.reason = 'all_declined' end
+    if #r.tried > 0 then doc.reason = 'all_declined' end
     end_unmatched(c, r, doc)
   end
   local list = facts(c, r, nil)
@@ -554,13 +855,103 @@ local function finish(keys, args)
   return reply(c, r, ACTIVE[r.state] and 'wait' or 'ok', 0, list, nil)
 end
 
---[[ vd_settle KEYS: due req...  ARGV: prefix now_ms lease_ms rid seq rid seq ...
+--[[ vd2_cancel KEYS: req due  ARGV: common
+Cancels a request and releases every volunteer it holds or has an offer out to, back to their
+pool; a released assignment no longer counts toward the volunteer's daily cap. Facts:
+cancelled|vid per volunteer released, or one cancelled| when nobody was. A cancel that arrives
+before its request leaves a 'cancelled' record, so the request is never matched. A cancel
+seen again answers 'replay' with the first one's facts; a request that had already ended
+otherwise (unmatched or expired holding nobody, completed) answers 'ended' and changes
+nothing. ]]
+local function cancel(keys, args)
+  local ch = checker()
+  local c = context(keys, args, ch)
+  if ch.err then return bad(ch) end
+  local r = load(c)
+  if r.state == 'cancelled' then
+    return reply(c, r, 'replay', 0, facts(c, r, {cancelled = true}))
+  end
+  local running = #running_tasks(c, r)
+  if not MOVES[r.state].cancelled or (not ACTIVE[r.state] and r.state ~= 'received' and running == 0) then
+    return reply(c, r, 'ended', 0, {}, nil, r.state)
+  end
+  local released = {}
+  for _, l in ipairs({r.held, r.offers}) do
+    for _, vid in ipairs(l) do
+      if not has(r.done, vid) and release(c, vid, false) then released[#released + 1] = vid end
+    end
+  end
+  move(r, 'cancelled')
+  r.offers = {}
+  if #released == 0 then fact(c, r, 'cancelled|') end
+  for _, vid in ipairs(released) do fact(c, r, 'cancelled|' .. vid) end
+  local list = facts(c, r, nil)
+  finish_call(c, r)
+  return reply(c, r, 'ok', 0, list)
+end
+
+--[[ vd2_complete KEYS: req due  ARGV: common, vid
+A volunteer finished their task: they return to the pool (if still available); fact
+completed|vid|all, all = 1 once every volunteer the request held has finished, and the request
+is then 'completed'. A completion seen again answers 'replay' with the completion facts; one
+from a volunteer who does not hold the request, or whose task was already released after
+task_timeout_s, answers 'ignored' with the reason and changes nothing. When the request's
+record expired (request_ttl_s) the volunteer's own task is trusted: they are freed ('gone'). ]]
+local function complete(keys, args)
+  local ch = checker()
+  local c = context(keys, args, ch)
+  local vid = args[9]
+  ch.need(is_id(vid), 'volunteer_id')
+  if ch.err then return bad(ch) end
+  local vkey = K.vol(c.p, vid)
+  local r = load(c)
+  if r.state == 'received' then
+    if redis.call('HGET', vkey, 'task') ~= c.rid then
+      return reply(c, r, 'ignored', 0, {}, nil, 'unknown request')
+    end
+    redis.call('HSET', vkey, 'task', '')
+    repool(c.p, vkey, vid)
+    return reply(c, r, 'gone', 0, {})
+  end
+  local how = redis.call('HGET', c.rkey, 'c:' .. vid)
+  if how == 'timeout' then
+    return reply(c, r, 'ignored', 0, {}, nil, 'released earlier: the task outlived task_timeout_s')
+  elseif how then
+    return reply(c, r, 'replay', 0, facts(c, r, {completed = true}))
+  end
+  if not has(r.held, vid) or redis.call('HGET', vkey, 'task') ~= c.rid then
+    return reply(c, r, 'ignored', 0, {}, nil, 'the volunteer does not hold this request')
+  end
+  redis.call('HSET', vkey, 'task', '')
+  repool(c.p, vkey, vid)
+  r.done[#r.done + 1] = vid
+  local all = #r.done >= #r.held and r.state == 'confirmed'
+  redis.call('HSET', c.rkey, 'c:' .. vid, all and 'all' or 'part')
+  fact(c, r, 'completed|' .. vid .. '|' .. (all and '1' or '0'))
+  if all then move(r, 'completed') end
+  local list = facts(c, r, nil)
+  finish_call(c, r)
+  return reply(c, r, 'ok', 0, list)
+end
+
+--[[ vd2_settle KEYS: due req...  ARGV: prefix lease_ms task_timeout_ms rid seq rid seq ...
 The facts up to seq of each request reached Kafka: they are not published again, and the
 request's due time drops back to its next deadline (or it leaves the due set). ]]
 local function settle(keys, args)
+  local ch = checker()
+  local p = args[1]
+  local lease, task_ms = int(args[2], 1, 1e9), int(args[3], 0, 1e12)
+  ch.need(lease and task_ms and keys[1] == p .. 'due', 'settle arguments')
+  ch.need(#args == 3 + 2 * (#keys - 1), 'settle list')
   for i = 2, #keys do
     local k = 4 + (i - 2) * 2
-    local c = {p = args[1], rid = args[k], now = tonumber(args[2]), lease = tonumber(args[3]),
+    ch.need(is_id(args[k]) and keys[i] == K.req(p, args[k]) and int(args[k + 1], 1, 1e9), 'settle entry')
+  end
+  if ch.err then return bad(ch) end
+  local now = now_ms()
+  for i = 2, #keys do
+    local k = 4 + (i - 2) * 2
+    local c = {p = p, rid = args[k], now = now, lease = lease, task_ms = task_ms,
                rkey = keys[i], due = keys[1]}
     local r = load(c)
     if r.state == 'received' then
@@ -577,94 +968,33 @@ local function settle(keys, args)
   return #keys - 1
 end
 
---[[ vd_due KEYS: due  ARGV: now_ms lease_ms limit
+--[[ vd2_due KEYS: due  ARGV: prefix lease_ms limit
 Takes up to limit requests whose due time has come, and moves each a lease ahead: two
 instances never take the same request at once, and one that dies holding it only delays it
 by the lease. ]]
 local function due(keys, args)
-  local now, lease = tonumber(args[1]), tonumber(args[2])
-  local rids = redis.call('ZRANGEBYSCORE', keys[1], '-inf', now, 'LIMIT', 0, tonumber(args[3]))
+  local ch = checker()
+  local lease, limit = int(args[2], 1, 1e9), int(args[3], 1, 10000)
+  ch.need(lease and limit and keys[1] == args[1] .. 'due', 'due arguments')
+  if ch.err then return bad(ch) end
+  local now = now_ms()
+  local rids = redis.call('ZRANGEBYSCORE', keys[1], '-inf', now, 'LIMIT', 0, limit)
   for _, rid in ipairs(rids) do redis.call('ZADD', keys[1], now + lease, rid) end
   return rids
 end
 
---[[ vd_cancel KEYS: req due  ARGV: common
-Cancels a request and releases every volunteer it holds or has an offer out to, back to their
-pool; a released assignment no longer counts toward the volunteer's daily cap. A cancel that
-arrives before its request leaves a 'cancelled' record, so the request is never matched.
-Returns {'cancelled', released, 'first'|'replay'}: a cancel seen again returns what the first
-one released (its outputs may not have reached Kafka), or {'ended', state} when the request
-had already ended otherwise (an unmatched or expired request that holds nobody, a completed
-one). Facts not yet settled keep the request due, so that they are published still. ]]
-local function cancel(keys, args)
-  local c = context(keys, args)
-  local r = load(c)
-  if r.state == 'cancelled' then
-    return {'cancelled', redis.call('HGET', c.rkey, 'released') or '', 'replay'}
-  end
-  local ended = r.state == 'unmatched' or r.state == 'expired'
-  if not MOVES[r.state].cancelled or (ended and #r.held == 0) then return {'ended', r.state} end
-  local done = {}
-  for _, v in ipairs(split(redis.call('HGET', c.rkey, 'done'))) do done[v] = true end
-  local released = {}
-  for _, l in ipairs({r.held, r.offers}) do
-    for _, vid in ipairs(l) do
-      if not done[vid] and redis.call('HGET', c.p .. 'vol:' .. vid, 'task') == c.rid then
-        release(c, vid)
-        released[#released + 1] = vid
-      end
-    end
-  end
-  move(r, 'cancelled')
-  r.offers = {}
-  local joined = table.concat(released, ',')
-  redis.call('HSET', c.rkey, 'state', 'cancelled', 'released', joined, 'offers', '')
-  redis.call('EXPIRE', c.rkey, c.ttl)
-  set_due(c, r)
-  return {'cancelled', joined, 'first'}
-end
-
---[[ vd_complete KEYS: req  ARGV: prefix rid vid
-A volunteer finished their task: they return to the pool (if still available). The request is
-'completed' once every volunteer it held has finished.
-Returns {'completed'|'partial', done, 'first'|'replay'} (a completion seen again answers as the
-first did), or {'mismatch', reason} when the volunteer is not confirmed for this request (a
-wrong report: nothing changes). ]]
-local function complete(keys, args)
-  local c = {p = args[1], rid = args[2], rkey = keys[1]}
-  local vid = args[3]
-  local vkey = c.p .. 'vol:' .. vid
-  local r = load(c)
-  local gone = r.state == 'received' -- the record expired (request_ttl_s): trust the volunteer's task
-  if redis.call('HGET', vkey, 'task') ~= c.rid or (not gone and not has(r.held, vid)) then
-    local was = redis.call('HGET', c.rkey, 'c:' .. vid)
-    if was then return {was == '1' and 'completed' or 'partial', '', 'replay'} end
-    return {'mismatch', 'volunteer does not hold this request'}
-  end
-  redis.call('HSET', vkey, 'task', '')
-  repool(c.p, vkey, vid)
-  if gone then return {'partial', vid, 'first'} end
-  local done = split(redis.call('HGET', c.rkey, 'done'))
-  done[#done + 1] = vid
-  local all = #done >= #r.held and r.state == 'confirmed'
-  redis.call('HSET', c.rkey, 'done', table.concat(done, ','), 'c:' .. vid, all and '1' or '0')
-  if all then
-    move(r, 'completed')
-    redis.call('HSET', c.rkey, 'state', r.state)
-  end
-  return {all and 'completed' or 'partial', table.concat(done, ','), 'first'}
-end
-
-redis.register_function('vd_vol_available', vol_available)
-redis.register_function('vd_vol_location', vol_location)
-redis.register_function('vd_vol_unavailable', vol_unavailable)
-redis.register_function{function_name = 'vd_search', callback = search, flags = {'no-writes'}}
-redis.register_function('vd_admit', admit)
-redis.register_function('vd_offer', offer)
-redis.register_function('vd_respond', respond)
-redis.register_function('vd_tick', tick)
-redis.register_function('vd_finish', finish)
-redis.register_function('vd_settle', settle)
-redis.register_function('vd_due', due)
-redis.register_function('vd_cancel', cancel)
-redis.register_function('vd_complete', complete)
+redis.register_function('vd2_vol_available', vol_available)
+redis.register_function('vd2_vol_location', vol_location)
+redis.register_function('vd2_vol_unavailable', vol_unavailable)
+redis.register_function('vd2_sweep', sweep)
+redis.register_function('vd2_probe', probe)
+redis.register_function{function_name = 'vd2_search', callback = search, flags = {'no-writes'}}
+redis.register_function('vd2_admit', admit)
+redis.register_function('vd2_offer', offer)
+redis.register_function('vd2_respond', respond)
+redis.register_function('vd2_tick', tick)
+redis.register_function('vd2_finish', finish)
+redis.register_function('vd2_settle', settle)
+redis.register_function('vd2_due', due)
+redis.register_function('vd2_cancel', cancel)
+redis.register_function('vd2_complete', complete)

@@ -44,6 +44,7 @@ RADIUS_MAX_M = 5000
 CANDIDATES = 8
 MAX_TASKS_PER_DAY = 4
 REQUEST_TTL_S = 604800
+TASK_TIMEOUT_MS = 28800 * 1000
 DAEMON_PREFIX = "vd:"
 # Constants of daemon/vd_dispatch.c and common/vd_match.h.
 MAX_CLAIM = 32
@@ -55,6 +56,22 @@ DAY_MS = 86400000
 MOCK_PARTITION_BYTES = 5 * 1024 * 1024  # the mock drops a partition's oldest messages past this
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _library_version():
+    """The Function library's version, from its first line ("#!lua name=vdispatch_<N>")."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "daemon", "vdispatch.lua")
+    with open(path) as f:
+        first = f.readline()
+    return int(first.strip().rsplit("_", 1)[1])
+
+
+LIB_VERSION = _library_version()
+
+
+def fn(name):
+    """The name of one of the library's functions: fn("offer") is "vd<N>_offer"."""
+    return "vd%d_%s" % (LIB_VERSION, name)
 
 
 def load_settings(path):
@@ -353,30 +370,30 @@ def volunteer_fcall(prefix, value):
     e = json.loads(value)
     d = e["data"]
     vid = d["volunteer_id"]
-    vkey = prefix + "vol:" + vid
+    keys = (prefix + "vol/" + vid, prefix + "vols")
     if e["type"] == "vd.volunteer.available":
-        return ("FCALL", "vd_vol_available", 1, vkey, prefix, vid, "%.7f" % d["location"]["lat"],
-                "%.7f" % d["location"]["lon"], ",".join(d.get("skills", [])),
-                ",".join(d.get("languages", [])), d.get("max_tasks_per_day", 0),
-                d.get("team", ""), d.get("event_id", ""))
+        return ("FCALL", fn("vol_available"), 2) + keys + (
+            prefix, vid, "%.7f" % d["location"]["lat"], "%.7f" % d["location"]["lon"],
+            ",".join(d.get("skills", [])), ",".join(d.get("languages", [])),
+            d.get("max_tasks_per_day", 0), d.get("team", ""), d.get("event_id", ""))
     if e["type"] == "vd.volunteer.location":
-        return ("FCALL", "vd_vol_location", 1, vkey, prefix, vid, "%.7f" % d["location"]["lat"],
-                "%.7f" % d["location"]["lon"])
-    return ("FCALL", "vd_vol_unavailable", 1, vkey, prefix, vid)
+        return ("FCALL", fn("vol_location"), 2) + keys + (
+            prefix, vid, "%.7f" % d["location"]["lat"], "%.7f" % d["location"]["lon"])
+    return ("FCALL", fn("vol_unavailable"), 2) + keys + (prefix, vid)
 
 
 def pool_sizes(conn, prefix, pools):
-    return {name: conn.call("ZCARD", prefix + "pool:" + name) for name in pools}
+    return {name: conn.call("ZCARD", prefix + "pool/" + name) for name in pools}
 
 
 # ---- baseline 1: raw GEOSEARCH ---------------------------------------------------------------
 
 def search_key(prefix, q, zcard):
     """The key vd_search searches for q: the smallest of the pool's skill sets, else the pool."""
-    pool = prefix + ("pool:ev:" + q.event_id if q.event_id else "pool:city")
+    pool = prefix + ("pool/ev/" + q.event_id if q.event_id else "pool/city")
     best, key = None, pool
     for s in q.skills:
-        k = pool + ":s:" + s
+        k = pool + "/s/" + s
         n = zcard.get(k, 0)
         if best is None or n < best:
             best, key = n, k
@@ -493,20 +510,20 @@ class PyMatcher:
                "candidates_considered": considered, "filtered": dict(filtered),
                "volunteers_needed": q.needed, "volunteers_missing": q.needed - held,
                "service": q.service, "priority": q.priority}
-        r = self.c.call("FCALL", "vd_finish", 2, rkey, self.p + "due", *self._common(q),
-                        json.dumps(doc, sort_keys=True, separators=(",", ":")), q.needed, "")
+        r = self.c.call("FCALL", fn("finish"), 2, rkey, self.p + "due", *self._common(q),
+                        json.dumps(doc, sort_keys=True, separators=(",", ":")))
         state = r[1]
         self.outcomes["unmatched:" + reason if state in ("unmatched", "expired") else state] += 1
 
     def _common(self, q):
         """The ARGV every request Function starts with (direct mode: offer_timeout_ms 0)."""
-        return (self.p, q.rid, int(time.time() * 1000), REQUEST_TTL_S, 5000, MAX_OFFERS, 0)
+        return (self.p, q.rid, REQUEST_TTL_S, 5000, MAX_OFFERS, 0, TASK_TIMEOUT_MS, 0)
 
     def match(self, q):
         c, p = self.c, self.p
-        rkey = p + "req:" + q.rid
-        pool = p + ("pool:ev:" + q.event_id if q.event_id else "pool:city")
-        rmax = q.max_distance or RADIUS_MAX_M
+        rkey = p + "req/" + q.rid
+        pool = p + ("pool/ev/" + q.event_id if q.event_id else "pool/city")
+        rmax = min(q.max_distance or RADIUS_MAX_M, RADIUS_MAX_M)
         radius = min(RADIUS_START_M, rmax)
         seen, first, claim_rounds, held, lacking = 0, True, 0, 0, 0
         considered, filtered = 0, collections.Counter()
@@ -524,7 +541,7 @@ class PyMatcher:
                     # the first search in one Function; here plain commands, same round trip).
                     pre += [("HMGET", rkey, "state", "held", "unmatched"),
                             ("HSETNX", rkey, "state", "searching"), ("HSETNX", rkey, "needed", q.needed)]
-                sets = [pool + ":s:" + s for s in q.skills]
+                sets = [pool + "/s/" + s for s in q.skills]
                 pre += [("ZCARD", k) for k in sets]
                 r = self._reads(pre)
                 if first:
@@ -550,8 +567,8 @@ class PyMatcher:
                 since = int(time.time() * 1000) - DAY_MS
                 cmds = []
                 for vid, _ in fresh_raw:
-                    cmds.append(("HMGET", p + "vol:" + vid, "skills", "languages", "max_tasks"))
-                    cmds.append(("ZCOUNT", p + "tasks:" + vid, "(%d" % since, "+inf"))
+                    cmds.append(("HMGET", p + "vol/" + vid, "skills", "languages", "max_tasks"))
+                    cmds.append(("ZCOUNT", p + "tasks/" + vid, "(%d" % since, "+inf"))
                 r = self._reads(cmds)
                 exhausted = len(found) < seen + CANDIDATES
                 fresh = []
@@ -582,8 +599,9 @@ class PyMatcher:
                 argv = []
                 for _, vid, dist in cands[:MAX_CLAIM]:
                     argv += [vid, "%.1f/%d/%d" % (dist, radius, considered)]
-                r = c.call("FCALL", "vd_offer", 2, rkey, p + "due", *self._common(q),
-                           MAX_TASKS_PER_DAY, *argv)
+                r = c.call("FCALL", fn("offer"), 3, rkey, p + "due", pool, *self._common(q),
+                           MAX_TASKS_PER_DAY, "%.7f" % q.lat, "%.7f" % q.lon, rmax,
+                           ",".join(q.skills), ",".join(q.languages), *argv)
                 seen = max(seen - min(len(cands), MAX_CLAIM), 0)
                 cands = []
                 held = q.needed - int(r[2])
@@ -772,8 +790,8 @@ def main():
     # -- 2. raw GEOSEARCH on the pool as loaded
     zkeys = set()
     for q in reqs:
-        base = DAEMON_PREFIX + ("pool:ev:" + q.event_id if q.event_id else "pool:city")
-        zkeys.update(base + ":s:" + s for s in q.skills)
+        base = DAEMON_PREFIX + ("pool/ev/" + q.event_id if q.event_id else "pool/city")
+        zkeys.update(base + "/s/" + s for s in q.skills)
     zcard = {k: redis.call("ZCARD", k) for k in zkeys}
     keys = [search_key(DAEMON_PREFIX, q, zcard) for q in reqs]
     min_s = 1.5 if quick else 3.0
@@ -1030,7 +1048,7 @@ def main():
     row("daemon / Redis-bound search capacity (pool as loaded)", "%.3f" % (daemon_rate / geo_cap))
     print("  (b) daemon vs the same match logic in plain Python, one request at a time, same Redis,")
     print("      an identical copy of the pool, requests from a pre-generated list: NO Kafka on the")
-    print("      Python side (no consume, no publish); offers and unmatched via FCALL vd_offer/vd_finish")
+    print("      Python side (no consume, no publish); offers and unmatched via the library's offer/finish Functions")
     for label, r, rate in (("Python, one command per round trip", pa, pa_rate),
                            ("Python, each step's reads pipelined", pp, pp_rate)):
         row(label, "%s  (%.2f s; %.1f round trips/match; outcomes %s)" % (

@@ -127,13 +127,13 @@ pool_status() {
   for kv in $pools; do
     name=${kv%%=*}
     want=${kv#*=}
-    got=$(rcli zcard "vd:pool:$name" 2>/dev/null || echo "?")
+    got=$(rcli zcard "vd:pool/$name" 2>/dev/null || echo "?")
     line+="$name $got/$want  "
     [ "$got" = "$want" ] || all_ok=1
   done
   # Every volunteer has a record once their first event is in (so no availability is pending).
   local recs
-  recs=$(rcli --scan --pattern 'vd:vol:*' 2>/dev/null | wc -l)
+  recs=$(rcli --scan --pattern 'vd:vol/*' 2>/dev/null | wc -l)
   line+="records $recs/$volunteers"
   [ "$recs" = "$volunteers" ] || all_ok=1
   echo "$line"

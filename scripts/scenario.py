@@ -315,7 +315,7 @@ def gen_volunteers(b, n, stations):
     out = sorted(vols + moved + left, key=lambda v: (v[0], v[1]))
     pools = {"city": n_city - len(leavers)}
     for eid in EVENTS:
-        pools["ev:" + eid] = n_event[eid]
+        pools["ev/" + eid] = n_event[eid]
     stats["event_scoped"] = sum(n_event.values())
     stats["location_updates"] = len(moved)
     stats["went_unavailable"] = len(leavers)

@@ -98,18 +98,18 @@ def check_outcomes(env, rids):
     return evs, chosen
 
 
-def check_redis(redis, chosen):
+def check_redis(redis, chosen, prefix=PREFIX):
     """The Redis side: nobody held twice, held volunteers out of every pool, and Redis agrees
     with the published outcomes."""
-    vol_keys = redis.cmd("KEYS", PREFIX + "vol:*")
-    req_keys = redis.cmd("KEYS", PREFIX + "req:*")
+    vol_keys = redis.cmd("KEYS", prefix + "vol/*")
+    req_keys = redis.cmd("KEYS", prefix + "req/*")
     pooled = {}
-    for pool in redis.cmd("KEYS", PREFIX + "pool:*"):
+    for pool in redis.cmd("KEYS", prefix + "pool/*"):
         for vid in redis.cmd("ZRANGE", pool, 0, -1):
             pooled.setdefault(vid, []).append(pool)
-    vols = {k[len(PREFIX) + 4:]: v for k, v in zip(
+    vols = {k[len(prefix) + 4:]: v for k, v in zip(
         vol_keys, redis.pipeline([("HMGET", k, "avail", "task", "pool") for k in vol_keys]))}
-    reqs = {k[len(PREFIX) + 4:]: v for k, v in zip(
+    reqs = {k[len(prefix) + 4:]: v for k, v in zip(
         req_keys, redis.pipeline([("HMGET", k, "state", "held") for k in req_keys]))}
 
     holders = {}
@@ -262,7 +262,7 @@ def test_redis_outage():
                       m["vd_jobs_in_memory"]))
 
         env.redis.restart(keep_data=True)
-        assert env.redis.cmd("ZCARD", PREFIX + "pool:city") > 0, "Redis came back empty"
+        assert env.redis.cmd("ZCARD", PREFIX + "pool/city") > 0, "Redis came back empty"
         env.wait_for(lambda: http_get(port, "/readyz")[0] == 200, timeout=30,
                      what="/readyz 200 after the restart")
         finish_stream(env, stream, rids)

@@ -207,7 +207,7 @@ def bad_cases():
         ev = r("p%d" % size)
         ev["data"]["location"]["lat"] = 91
         add("payload_%d_bytes" % size, "requests", _sized(ev, size),
-            "data.location.lat: 91 is out of range [-90, 90]")
+            "data.location.lat: 91 is out of range [-85.05112878, 85.05112878]")
     junk = bytes(random.Random(20261129).randrange(1, 256) for _ in range(777))
     add("binary_junk", "responses", b"\x8b" + junk, "message: not valid JSON")
 
@@ -259,7 +259,7 @@ def bad_cases():
     del ev["data"]["offer_id"]
     add("missing_offer_id", "responses", compact(ev), 'data: missing required field "offer_id"')
     add("lat_91", "volunteers", _with_data(v("lat91"), location={"lat": 91, "lon": LON}),
-        "data.location.lat: 91 is out of range [-90, 90]")
+        "data.location.lat: 91 is out of range [-85.05112878, 85.05112878]")
     add("lon_minus_181", "requests", _with_data(r("lon"), location={"lat": LAT, "lon": -181}),
         "data.location.lon: -181 is out of range [-180, 180]")
     add("lat_string", "requests", _with_data(r("latstr"), location={"lat": "40.84", "lon": LON}),
@@ -361,9 +361,9 @@ def test_bad_input_interleaved_with_good():
             "vol-in-64k", *vdtest.offset_m(LAT, LON, -80, -80)), 64 * 1024)))
         good_vol.append(vdtest.volunteer_location("vol-in-3", *vdtest.offset_m(LAT, LON, -60, 10)))
         env.send("volunteers", _interleave(good_vol, bad["volunteers"]))
-        env.wait_for(lambda: env.redis.cmd("ZCARD", "vd:pool:city") == 12, timeout=30,
+        env.wait_for(lambda: env.redis.cmd("ZCARD", "vd:pool/city") == 12, timeout=30,
                      what="12 volunteers in the city pool")
-        env.wait_for(lambda: (env.redis.cmd("HGET", "vd:vol:vol-in-3", "lat") or "").startswith(
+        env.wait_for(lambda: (env.redis.cmd("HGET", "vd:vol/vol-in-3", "lat") or "").startswith(
             "40.841"), timeout=30, what="the location event after bad input applied")
 
         # Requests: eight good ones between the bad ones; each must be confirmed.
@@ -437,7 +437,7 @@ def test_bad_input_interleaved_with_good():
         comp = by_type(out, "vd.request.completed")
         assert sorted(e["data"]["request_id"] for e in comp) == sorted(done), comp
         for r in done:
-            assert env.redis.cmd("ZSCORE", "vd:pool:city", held[r]) is not None, \
+            assert env.redis.cmd("ZSCORE", "vd:pool/city", held[r]) is not None, \
                 "%s is not back in the pool after completing %s" % (held[r], r)
         m = metrics(port)
         assert m["vd_rejected_total"] == len(cases), "vd_rejected_total %s" % m["vd_rejected_total"]
@@ -504,7 +504,7 @@ def test_flood_of_bad_input_then_good():
                                            *vdtest.offset_m(LAT, LON, 15 * i, -10 * i))
                 for i in range(n_good)]
         env.send("volunteers", vols)
-        env.wait_for(lambda: env.redis.cmd("ZCARD", "vd:pool:city") == n_good, timeout=30,
+        env.wait_for(lambda: env.redis.cmd("ZCARD", "vd:pool/city") == n_good, timeout=30,
                      what="volunteers pooled")
         msgs = [("flood-%04d" % i, _flood_bad(i)) for i in range(n_bad)]
         reqs = ["rq-fl-%d" % i for i in range(n_good)]

@@ -6,8 +6,8 @@ the volunteers of another; every volunteer is in its Redis pool before a request
 
 What is checked (see each test's docstring): outcomes per request on the assignments topic
 (vd.assignment.confirmed / vd.request.unmatched, with the exact `filtered` counts), the
-notifications that go with them, and the Redis state the daemon leaves (pools, vd:vol:<id>,
-vd:req:<id>, vd:tasks:<id>).
+notifications that go with them, and the Redis state the daemon leaves (pools, vd:vol/<id>,
+vd:req/<id>, vd:tasks/<id>).
 
 Run: VD_BUILD=build VD_SOURCE=. python3 tests/integration/test_matching.py [test name ...]
 """
@@ -44,7 +44,7 @@ def at(a, north=0.0, east=0.0):
 
 
 def pool_key(event_id=None):
-    return "vd:pool:ev:%s" % event_id if event_id else "vd:pool:city"
+    return "vd:pool/ev/%s" % event_id if event_id else "vd:pool/city"
 
 
 # --------------------------------------------------------------------------------------------
@@ -101,7 +101,7 @@ def complete_tasks(env, pairs, timeout=WAIT):
     def check():
         cmds = []
         for _, v, e in pairs:
-            cmds.append(("HGET", "vd:vol:" + v, "task"))
+            cmds.append(("HGET", "vd:vol/" + v, "task"))
             cmds.append(("ZSCORE", pool_key(e), v))
         replies = env.redis.pipeline(cmds)
         busy = [v for i, (_, v, _) in enumerate(pairs)
@@ -214,12 +214,12 @@ def _hash(env, key):
 
 
 def vol(env, vid):
-    """The vd:vol:<id> hash as a dict."""
-    return _hash(env, "vd:vol:" + vid)
+    """The vd:vol/<id> hash as a dict."""
+    return _hash(env, "vd:vol/" + vid)
 
 
 def req(env, rid):
-    return _hash(env, "vd:req:" + rid)
+    return _hash(env, "vd:req/" + rid)
 
 
 def in_pool(env, vid, event_id=None):
@@ -228,13 +228,13 @@ def in_pool(env, vid, event_id=None):
 
 def assert_held(env, vid, rid, event_id=None):
     h = vol(env, vid)
-    assert h.get("task") == rid, "vd:vol:%s task is %r, expected %r" % (vid, h.get("task"), rid)
+    assert h.get("task") == rid, "vd:vol/%s task is %r, expected %r" % (vid, h.get("task"), rid)
     assert not in_pool(env, vid, event_id), "%s holds %s but is still in %s" % (vid, rid, pool_key(event_id))
 
 
 def assert_free(env, vid, event_id=None):
     h = vol(env, vid)
-    assert h.get("task", "") == "", "vd:vol:%s holds %r, expected no task" % (vid, h.get("task"))
+    assert h.get("task", "") == "", "vd:vol/%s holds %r, expected no task" % (vid, h.get("task"))
     assert in_pool(env, vid, event_id), "%s is not in %s" % (vid, pool_key(event_id))
 
 
@@ -268,8 +268,8 @@ def test_happy_path_hundreds():
     with vdtest.Env() as env:
         start_daemon(env)
         add_volunteers(env, [volunteer_available(v, *p) for v, p in vols.items()])
-        until(lambda: None if env.redis.cmd("ZCARD", "vd:pool:city") == 300
-              else "ZCARD vd:pool:city = %s" % env.redis.cmd("ZCARD", "vd:pool:city"),
+        until(lambda: None if env.redis.cmd("ZCARD", "vd:pool/city") == 300
+              else "ZCARD vd:pool/city = %s" % env.redis.cmd("ZCARD", "vd:pool/city"),
               what="300 pooled volunteers")
         t0 = time.monotonic()
         env.send("requests", [request_created(r, *p, resident_id="res-" + r[3:])
@@ -314,16 +314,16 @@ def test_happy_path_hundreds():
         # Redis: held volunteers are out of the pool and hold their request; the rest are free.
         order = sorted(vols)
         replies = env.redis.pipeline([c for v in order for c in (
-            ("ZSCORE", "vd:pool:city", v), ("HGET", "vd:vol:" + v, "task"))])
+            ("ZSCORE", "vd:pool/city", v), ("HGET", "vd:vol/" + v, "task"))])
         for i, v in enumerate(order):
             score, task = replies[2 * i], replies[2 * i + 1]
             if v in assigned:
-                assert score is None, "%s (held by %s) is still in vd:pool:city" % (v, assigned[v])
-                assert task == assigned[v], "vd:vol:%s task %r, expected %r" % (v, task, assigned[v])
+                assert score is None, "%s (held by %s) is still in vd:pool/city" % (v, assigned[v])
+                assert task == assigned[v], "vd:vol/%s task %r, expected %r" % (v, task, assigned[v])
             else:
                 assert score is not None and task in ("", None), "free %s: pooled %s, task %r" % (v, score, task)
-        assert env.redis.cmd("ZCARD", "vd:pool:city") == 50
-        replies = env.redis.pipeline([("HMGET", "vd:req:" + r, "state", "held") for r in sorted(reqs)])
+        assert env.redis.cmd("ZCARD", "vd:pool/city") == 50
+        replies = env.redis.pipeline([("HMGET", "vd:req/" + r, "state", "held") for r in sorted(reqs)])
         for r, (state, held) in zip(sorted(reqs), replies):
             assert state == "confirmed" and held == got[r][0]["data"]["volunteer_id"], (r, state, held)
 
@@ -341,7 +341,8 @@ def test_nearest_and_widening():
     at radius 4000 (500->1000->2000->4000); nobody within 5 km: unmatched
     no_volunteer_in_range at radius 5000 with a coordinator notification; max_distance_m 1500
     with a volunteer at 2 km: unmatched at radius 1500; max_distance_m 2500 and one at 1.8 km:
-    confirmed at radius 2000; max_distance_m 8000 (beyond radius_max_m, as documented) finds one at 7 km."""
+    confirmed at radius 2000; max_distance_m 8000 (beyond radius_max_m) is capped there: the
+    volunteer at 7 km is not found."""
     a = [anchor(i) for i in range(6)]
     vols = {
         "nw-100": at(a[0], 100, 0), "nw-300": at(a[0], 0, 300), "nw-900": at(a[0], -900, 0),
@@ -375,7 +376,10 @@ def test_nearest_and_widening():
         expect_unmatched(got, "nw-maxd", "no_volunteer_in_range", {}, radius_m=1500,
                          candidates_considered=0)
         expect_confirmed(got, "nw-maxd-ok", "nw-2k-ok", radius_m=2000, distance_m=1800.0)
-        expect_confirmed(got, "nw-maxd-wide", "nw-7k", radius_m=8000, distance_m=7000.0)
+        # max_distance_m narrows matching.radius_max_m, never widens it: one request must not
+        # make a search cover the whole city.
+        expect_unmatched(got, "nw-maxd-wide", "no_volunteer_in_range", {}, radius_m=5000,
+                         candidates_considered=0)
 
         notes = wait_notifications(env, {"nw-near/notify-volunteer/nw-100": 1,
                                          "nw-near/notify-resident/nw-100": 1,
@@ -481,7 +485,7 @@ def test_filters():
         assert not in_pool(env, "es-ev2") and not in_pool(env, "es-city3", "expo-b")
         assert_held(env, "es-ev", "es-r-ev", "expo-a")
         assert vol(env, "sk-both").get("skills") == "driving,sign_language,first_aid"
-        assert env.redis.cmd("ZSCORE", "vd:pool:city:s:sign_language", "sk-both") is None, \
+        assert env.redis.cmd("ZSCORE", "vd:pool/city/s/sign_language", "sk-both") is None, \
             "held sk-both is still in the sign_language skill pool"
 
         # Fatigue, round 2: ft-1 (cap 1) is tired; ft-d (default 2) and ft-3 (cap 3) are not.
@@ -509,7 +513,7 @@ def test_filters():
         got = wait_outcomes(env, {"ft-3d": 1})
         expect_unmatched(got, "ft-3d", "no_eligible_volunteer", {"fatigue": 1},
                          candidates_considered=1)
-        counts = env.redis.pipeline([("ZCARD", "vd:tasks:" + v) for v in ("ft-1", "ft-d", "ft-3")])
+        counts = env.redis.pipeline([("ZCARD", "vd:tasks/" + v) for v in ("ft-1", "ft-d", "ft-3")])
         assert counts == [1, 2, 3], "tasks in the last 24 h (ft-1, ft-d, ft-3): %s" % counts
         for v in ("ft-1", "ft-d", "ft-3"):
             assert_free(env, v)
@@ -561,7 +565,7 @@ def test_score_shading():
         assert_free(env, "st-a")
         assert_free(env, "pf-b")
 
-        counts = env.redis.pipeline([("ZCARD", "vd:tasks:td-a"), ("ZCARD", "vd:tasks:td-b")])
+        counts = env.redis.pipeline([("ZCARD", "vd:tasks/td-a"), ("ZCARD", "vd:tasks/td-b")])
         assert counts == [2, 2], counts
         add_volunteers(env, [volunteer_available("fr-a", *at(s[2], 0, 300)),
                              volunteer_available("fr-b", *at(s[3], 0, 450))])
@@ -748,7 +752,7 @@ def test_duplicate_requests():
         assert sorted(req(env, "dp-r2").get("held", "").split(",")) == ["dp-c", "dp-d"]
         assert req(env, "dp-r4").get("held") == "dp-f", req(env, "dp-r4")
         vids = ("dp-a", "dp-b", "dp-c", "dp-d", "dp-e", "dp-f")
-        counts = env.redis.pipeline([("ZCARD", "vd:tasks:" + v) for v in vids])
+        counts = env.redis.pipeline([("ZCARD", "vd:tasks/" + v) for v in vids])
         assert counts == [1, 0, 1, 1, 0, 1], "tasks of %s: %s" % (vids, counts)
         notes = wait_notifications(env, {"dp-r1/notify-resident/dp-a": 3, "dp-r3/notify-coordinator": 3})
         ids = {e["id"] for e in notes if e["data"].get("request_id") == "dp-r1"}
@@ -761,7 +765,7 @@ def test_duplicate_requests():
         evs = got["dp-r1"]
         assert len(evs) == 4 and {e["id"] for e in evs} == {"dp-r1/confirmed/dp-a"}, _show(evs)
         assert_free(env, "dp-a")
-        assert env.redis.cmd("ZCARD", "vd:tasks:dp-a") == 1
+        assert env.redis.cmd("ZCARD", "vd:tasks/dp-a") == 1
 
 
 def test_replayed_outcome_has_the_same_data():
@@ -821,7 +825,7 @@ def test_volunteer_updates():
             volunteer_available("up-gone", *at(u[2], 100, 0)),
             volunteer_available("up-re", *at(u[3], 100, 0), skills=["first_aid"], languages=["zh"]),
         ])
-        assert env.redis.cmd("ZSCORE", "vd:pool:city:s:first_aid", "up-re") is not None
+        assert env.redis.cmd("ZSCORE", "vd:pool/city/s/first_aid", "up-re") is not None
 
         new_mv = at(u[1], 0, 100)
         env.send("volunteers", [vdtest.volunteer_location("up-mv", *new_mv),
@@ -841,13 +845,13 @@ def test_volunteer_updates():
         until(updated, what="volunteer updates applied")
         h = vol(env, "up-re")
         assert h.get("languages") == "mn" and h.get("avail") == "1", h
-        assert env.redis.cmd("ZSCORE", "vd:pool:city:s:first_aid", "up-re") is None, \
+        assert env.redis.cmd("ZSCORE", "vd:pool/city/s/first_aid", "up-re") is None, \
             "up-re is still in the first_aid skill pool"
-        assert env.redis.cmd("ZSCORE", "vd:pool:city:s:driving", "up-re") is not None
+        assert env.redis.cmd("ZSCORE", "vd:pool/city/s/driving", "up-re") is not None
         assert in_pool(env, "up-re")
         h = vol(env, "up-mv")
         near(distance_m(float(h["lat"]), float(h["lon"]), *new_mv), 0.0, 0.1, "stored location offset")
-        pos = env.redis.cmd("GEOPOS", "vd:pool:city:s:first_aid", "up-mv")[0]
+        pos = env.redis.cmd("GEOPOS", "vd:pool/city/s/first_aid", "up-mv")[0]
         near(distance_m(float(pos[1]), float(pos[0]), *new_mv), 0.0, 1.0, "first_aid pool position offset")
 
         env.send("requests", [

@@ -38,6 +38,7 @@ WITHDRAWN = "vd.assignment.withdrawn"
 UNMATCHED = "vd.request.unmatched"
 CANCELLED = "vd.request.cancelled"
 SCALE = vdtest.TIMEOUT_SCALE
+TASK_TIMEOUT_S = 28800  # matching.task_timeout_s's default
 
 
 def start(env, timeout_ms, **config):
@@ -100,7 +101,7 @@ def notes_of(env, rid):
 
 
 def req_field(env, rid, field):
-    return env.redis.cmd("HGET", "vd:req:" + rid, field) or ""
+    return env.redis.cmd("HGET", "vd:req/" + rid, field) or ""
 
 
 def free(env, vid):
@@ -169,7 +170,10 @@ def test_accept_decline_and_stray_answers():
             "a volunteer who declined was told of a withdrawal"
         res = [e for e in env.events("notifications") if e["type"] == "vd.notify.resident"]
         assert [e["data"].get("resident_id") for e in res] == ["res-1"], res
-        assert env.redis.cmd("ZSCORE", "vd:due", "a-r1") is None, "a confirmed request stays due"
+        # A confirmed request is due again only when its task would time out.
+        due = float(env.redis.cmd("ZSCORE", "vd:due", "a-r1"))
+        assert abs(due / 1000 - time.time() - TASK_TIMEOUT_S) < 30, \
+            "a confirmed request is due at %s, not at its task timeout" % due
 
         # After the match: a repeated accept, a late decline, the decliner accepting.
         env.send("responses", [vdtest.offer_accepted("a-r1", "a-b", o2["offer_id"]),

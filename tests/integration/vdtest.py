@@ -263,6 +263,24 @@ def free_port():
         return s.getsockname()[1]
 
 
+def free_cluster_port():
+    """A port for a Redis Cluster node: at most 55535, and free together with its cluster bus
+    port (10000 higher)."""
+    for _ in range(200):
+        port = free_port()
+        if port > 55535:
+            port = 20000 + port % 30000
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as a, \
+                    socket.socket(socket.AF_INET, socket.SOCK_STREAM) as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 10000))
+            return port
+        except OSError:
+            continue
+    raise VdError("no free port pair for a Redis Cluster node")
+
+
 def wait_for(predicate, timeout=10.0, interval=0.1, what=None):
     """Calls predicate() until it returns something truthy and returns that value.
 
@@ -1164,15 +1182,16 @@ class Env:
     daemons, Kafka and Redis are stopped and their temp dirs removed (also on failure, after
     printing the daemons' log tails)."""
 
-    def __init__(self, topics=None, brokers=3, redis_args=(), names=None):
+    def __init__(self, topics=None, brokers=3, redis_args=(), names=None, redis_port=None):
         self.topics, self.brokers, self.redis_args, self.names = topics, brokers, redis_args, names
+        self.redis_port = redis_port
         self.redis = None
         self.kafka = None
         self.daemons = []
 
     def __enter__(self):
         try:
-            self.redis = Redis(args=self.redis_args)
+            self.redis = Redis(port=self.redis_port, args=self.redis_args)
             self.kafka = Kafka(topics=self.topics, brokers=self.brokers, names=self.names)
         except BaseException:
             self.close()

@@ -328,8 +328,12 @@ static void test_set(void **state) {
     assert_contains(err, "redis.key_prefix");
     assert_int_equal(vd_config_set(&cfg, "redis.key_prefix=123456789012345678901234567890123",
                                    err, sizeof(err)), -1);
-    assert_int_equal(vd_config_set(&cfg, "redis.key_prefix=12345678901234567890123456789012",
+    assert_int_equal(vd_config_set(&cfg, "redis.key_prefix=1234567890123456789012345678901:",
                                    err, sizeof(err)), 0);
+    /* A prefix must end with ':', or one deployment's keys could reach another's. */
+    assert_int_equal(vd_config_set(&cfg, "redis.key_prefix=vd", err, sizeof(err)), -1);
+    assert_contains(err, "must end with ':'");
+    assert_int_equal(vd_config_set(&cfg, "redis.key_prefix={hohhot}:vd:", err, sizeof(err)), 0);
     /* A failed --set leaves the old value. */
     assert_int_equal(cfg.radius_max_m, 7000);
     assert_int_equal(cfg.log_format, VD_LOG_FORMAT_TEXT);

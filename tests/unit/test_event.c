@@ -293,7 +293,7 @@ static void test_request_bounds(void **state) {
     assert_int_equal(strlen(ev.request_id), 64);
     assert_int_equal(strlen(ev.id), 256);
     assert_int_equal(strlen(ev.source), 256);
-    assert_true(ev.location.lat == -90.0 && ev.location.lon == 180.0);
+    assert_true(ev.location.lat == -VD_GEO_LAT_MAX && ev.location.lon == 180.0);
     assert_int_equal(ev.skills.n, 32);
     assert_string_equal(ev.skills.v[31], "s31");
     assert_int_equal(ev.volunteers_needed, 10);
@@ -523,9 +523,9 @@ static void test_error_quoting(void **state) {
     const char *lat = "{\"specversion\":\"1.0\",\"type\":\"vd.volunteer.location\",\"source\":\"s\","
                       "\"id\":\"i\",\"time\":\"2026-01-01T00:00:00Z\",\"datacontenttype\":"
                       "\"application/json\",\"data\":{\"volunteer_id\":\"v\",\"location\":"
-                      "{\"lat\":90.000000000001,\"lon\":0}}}";
+                      "{\"lat\":85.05112878000001,\"lon\":0}}}";
     assert_int_equal(decode_str(lat, VD_TOPIC_VOLUNTEERS, &ev, err, sizeof err), -1);
-    assert_string_equal(err, "data.location.lat: 90.000000000001 is out of range [-90, 90]");
+    assert_string_equal(err, "data.location.lat: 85.05112878000001 is out of range [-85.05112878, 85.05112878]");
 }
 
 /* ---- time ---------------------------------------------------------------------------------- */
@@ -665,7 +665,7 @@ static void test_encode(void **state) {
                              "distance_m", 420);
     assert_non_null(data);
     char *s = vd_event_encode("vd.assignment.confirmed", "req-1:confirmed:1", 1795910400123LL,
-                              data);
+                              0, data);
     assert_non_null(s);
     assert_string_equal(
         s, "{\"specversion\":\"1.0\",\"type\":\"vd.assignment.confirmed\",\"source\":\"vdispatchd\","
@@ -675,14 +675,14 @@ static void test_encode(void **state) {
     free(s);
 
     /* The data reference is consumed on failure too (LeakSanitizer checks). */
-    assert_null(vd_event_encode(NULL, "id", 0, json_object()));
-    assert_null(vd_event_encode("vd.x", NULL, 0, json_object()));
-    assert_null(vd_event_encode("vd.x", "id", 0, NULL));
-    assert_null(vd_event_encode("vd.\xff", "id", 0, json_pack("{s:i}", "a", 1)));
+    assert_null(vd_event_encode(NULL, "id", 0, 0, json_object()));
+    assert_null(vd_event_encode("vd.x", NULL, 0, 0, json_object()));
+    assert_null(vd_event_encode("vd.x", "id", 0, 0, NULL));
+    assert_null(vd_event_encode("vd.\xff", "id", 0, 0, json_pack("{s:i}", "a", 1)));
     /* A caller that keeps its own reference still has it afterwards. */
     data = json_object();
     json_incref(data);
-    s = vd_event_encode("vd.x", "id", 0, data);
+    s = vd_event_encode("vd.x", "id", 0, 0, data);
     assert_non_null(s);
     assert_int_equal(data->refcount, 1);
     json_decref(data);
@@ -697,7 +697,7 @@ static void test_encode_decode_round_trip(void **state) {
                              "location", "lat", 40.8421, "lon", 111.749, "service", "legal_aid",
                              "languages", "zh", "mn", "priority", "high", "volunteers_needed", 3);
     assert_non_null(data);
-    char *s = vd_event_encode("vd.request.created", "req-9:created", 1795910400999LL, data);
+    char *s = vd_event_encode("vd.request.created", "req-9:created", 1795910400999LL, 0, data);
     assert_non_null(s);
     assert_int_equal(decode_str(s, VD_TOPIC_REQUESTS, &ev, err, sizeof err), 0);
     free(s);
@@ -708,6 +708,47 @@ static void test_encode_decode_round_trip(void **state) {
     assert_int_equal(ev.languages.n, 2);
     assert_int_equal(ev.priority, VD_PRIO_HIGH);
     assert_int_equal(ev.volunteers_needed, 3);
+}
+
+/* The sequence attribute: zero-padded text, ordered as text and as a number. */
+static void test_encode_sequence(void **state) {
+    char *s = vd_event_encode("vd.request.cancelled", "r/cancelled", 0, 12,
+                              json_pack("{s:s}", "request_id", "r"));
+    assert_non_null(s);
+    assert_non_null(strstr(s, "\"sequence\":\"0000000012\""));
+    free(s);
+    s = vd_event_encode("vd.input.rejected", "d", 0, 0, json_object());
+    assert_null(strstr(s, "sequence"));
+    free(s);
+}
+
+/* The request record keeps what matching and the outputs need, and nothing of the resident. */
+static void test_request_record(void **state) {
+    struct vd_event ev, back;
+    char err[256];
+    decode_case("request_created_full", VD_TOPIC_REQUESTS, &ev);
+    assert_true(ev.has_vulnerability);
+    char *rec = vd_event_request_record(&ev);
+    assert_non_null(rec);
+    assert_null(strstr(rec, "vulnerability"));
+    assert_null(strstr(rec, "\"age\""));
+    assert_null(strstr(rec, "note")); /* a field the producer added */
+    assert_int_equal(decode_str(rec, VD_TOPIC_REQUESTS, &back, err, sizeof err), 0);
+    free(rec);
+    assert_string_equal(back.request_id, ev.request_id);
+    assert_true(back.location.lat == ev.location.lat && back.location.lon == ev.location.lon);
+    assert_string_equal(back.service, ev.service);
+    assert_int_equal(back.skills.n, ev.skills.n);
+    assert_int_equal(back.languages.n, ev.languages.n);
+    assert_int_equal(back.priority, ev.priority);
+    assert_int_equal(back.volunteers_needed, ev.volunteers_needed);
+    assert_int_equal(back.not_before_ms, ev.not_before_ms);
+    assert_int_equal(back.expires_at_ms, ev.expires_at_ms);
+    assert_int_equal(back.max_distance_m, ev.max_distance_m);
+    assert_string_equal(back.event_id, ev.event_id);
+    assert_string_equal(back.preferred_volunteer_id, ev.preferred_volunteer_id);
+    assert_string_equal(back.resident_id, ev.resident_id);
+    assert_int_equal(back.has_vulnerability, 0);
 }
 
 int main(void) {
@@ -731,6 +772,8 @@ int main(void) {
         cmocka_unit_test(test_names),
         cmocka_unit_test(test_encode),
         cmocka_unit_test(test_encode_decode_round_trip),
+        cmocka_unit_test(test_encode_sequence),
+        cmocka_unit_test(test_request_record),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
