@@ -61,6 +61,13 @@ struct vd_config {
     int task_timeout_s;      /* a confirmed task never completed frees its volunteer after this */
     int schedule_horizon_s;  /* a not_before further ahead than this is rejected */
     int max_search_points;   /* points a widened search may visit (0: no bound) */
+    int urgent_window_ms;    /* a round holding an urgent request waits at most this */
+    int max_round;           /* requests in one matching round */
+    int need_urgent, need_high, need_normal, need_low; /* need of each priority class */
+    int need_per_decade_over_60, need_lives_alone, need_low_income, need_disability;
+    int load_cost_m;         /* cost per task of the volunteer in the last 24 h */
+    int continuity_bonus_m;  /* cost off for the preferred or last volunteer */
+    int continuity_days;     /* how long the last volunteer of a resident is remembered */
     /* [http] */
     char *http_listen;
     /* [log] */

@@ -1,79 +1,31 @@
-/* vd_match: hard filters, score and ranking of candidates for one request (see vd_match.h).
- *
- * Filters are checked in a fixed order and a candidate is counted once, under the first
- * filter it fails, so the `filtered` counts of an unmatched request add up to the candidates
- * that were considered and dropped. */
+/* vd_match: need and cost, the matching rule's two numbers (see vd_match.h). */
 #include "vd_match.h"
 
-#include <stdlib.h>
 #include <string.h>
 
 static const char *filter_names[VD_FILTER__COUNT] = {"skills", "languages", "fatigue",
-                                                     "event_scope", "distance", "already_tried"};
+                                                     "already_tried", "lost_to_greater_need"};
 
 const char *vd_filter_name(enum vd_filter f) {
-    return (f >= 0 && f < VD_FILTER__COUNT) ? filter_names[f] : "ok";
+    return (f >= 0 && f < VD_FILTER__COUNT) ? filter_names[f] : NULL;
 }
 
-int vd_match_list_has(const char *list, const char *tag) {
-    size_t n = strlen(tag);
-    if (!n) return 0;
-    for (const char *p = list; *p;) {
-        const char *end = strchr(p, ',');
-        size_t len = end ? (size_t)(end - p) : strlen(p);
-        if (len == n && memcmp(p, tag, n) == 0) return 1;
-        if (!end) break;
-        p = end + 1;
-    }
-    return 0;
+int vd_filter_parse(const char *s, size_t len) {
+    for (int i = 0; i < VD_FILTER__COUNT; i++)
+        if (strlen(filter_names[i]) == len && memcmp(filter_names[i], s, len) == 0) return i;
+    return -1;
 }
 
-enum vd_filter vd_match_filter(const struct vd_event *req, const struct vd_candidate *c,
-                               int default_cap) {
-    for (int i = 0; i < req->skills.n; i++)
-        if (!vd_match_list_has(c->skills, req->skills.v[i])) return VD_FILTER_SKILLS;
-    if (req->languages.n) {
-        int any = 0;
-        for (int i = 0; i < req->languages.n && !any; i++)
-            any = vd_match_list_has(c->languages, req->languages.v[i]);
-        if (!any) return VD_FILTER_LANGUAGES;
+int vd_match_need(const struct vd_event *req, const struct vd_need_weights *w) {
+    int p = req->priority >= VD_PRIO_URGENT && req->priority <= VD_PRIO_LOW ? (int)req->priority
+                                                                          : VD_PRIO_NORMAL;
+    int need = w->priority[p];
+    if (req->has_vulnerability) {
+        const struct vd_vulnerability *v = &req->vulnerability;
+        if (v->age > 60) need += w->per_decade_over_60 * ((v->age - 60) / 10);
+        if (v->lives_alone) need += w->lives_alone;
+        if (v->low_income) need += w->low_income;
+        if (v->disability) need += w->disability;
     }
-    int cap = c->max_tasks > 0 ? c->max_tasks : default_cap;
-    if (c->tasks_24h >= cap) return VD_FILTER_FATIGUE;
-    if (req->max_distance_m > 0 && c->distance_m > req->max_distance_m) return VD_FILTER_DISTANCE;
-    return VD_FILTER_OK;
-}
-
-double vd_match_score(const struct vd_event *req, const struct vd_candidate *c) {
-    double s = c->distance_m + VD_SCORE_TASK_M * c->tasks_24h;
-    if (req->preferred_volunteer_id[0] && strcmp(req->preferred_volunteer_id, c->id) == 0)
-        s -= VD_SCORE_PREFERRED_M;
-    return s;
-}
-
-size_t vd_match_rank(const struct vd_event *req, struct vd_candidate *cands, size_t n,
-                     int default_cap, struct vd_match_stats *stats) {
-    size_t kept = 0;
-    for (size_t i = 0; i < n; i++) {
-        stats->considered++;
-        enum vd_filter f = vd_match_filter(req, &cands[i], default_cap);
-        if (f != VD_FILTER_OK) {
-            stats->filtered[f]++;
-            continue;
-        }
-        cands[i].score = vd_match_score(req, &cands[i]);
-        if (kept != i) cands[kept] = cands[i];
-        kept++;
-    }
-    /* Insertion sort: n is the handful of nearest candidates, and it keeps ties stable. */
-    for (size_t i = 1; i < kept; i++) {
-        struct vd_candidate tmp = cands[i];
-        size_t j = i;
-        while (j > 0 && cands[j - 1].score > tmp.score) {
-            cands[j] = cands[j - 1];
-            j--;
-        }
-        cands[j] = tmp;
-    }
-    return kept;
+    return need > 0 ? need : 0;
 }

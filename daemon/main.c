@@ -83,7 +83,8 @@ static void log_stats(struct vd_server *s) {
     for (int i = 0; i < VD_UNMATCHED__COUNT; i++) unmatched += st->unmatched[i];
     vd_info("stats: consumed=%llu rejected=%llu confirmed=%llu unmatched=%llu cancelled=%llu "
             "completed=%llu replays=%llu ignored=%llu redis_calls=%llu redis_retries=%llu "
-            "in_memory=%llu produced=%llu delivered=%llu mean_match_ms=%.2f",
+            "in_memory=%llu produced=%llu delivered=%llu mean_match_ms=%.2f rounds=%llu "
+            "round_requests=%llu",
             (unsigned long long)ks->consumed, (unsigned long long)st->rejected,
             (unsigned long long)st->confirmed, (unsigned long long)unmatched,
             (unsigned long long)st->cancelled, (unsigned long long)st->completed,
@@ -91,7 +92,8 @@ static void log_stats(struct vd_server *s) {
             (unsigned long long)st->redis_calls, (unsigned long long)st->redis_retries,
             (unsigned long long)st->jobs_in_memory, (unsigned long long)ks->produced,
             (unsigned long long)ks->delivered,
-            st->matches ? (double)st->match_latency_us_sum / (double)st->matches / 1000.0 : 0.0);
+            st->matches ? (double)st->match_latency_us_sum / (double)st->matches / 1000.0 : 0.0,
+            (unsigned long long)st->rounds, (unsigned long long)st->round_requests);
 }
 
 /* A fatal condition (Kafka or Redis): the process stops as gracefully as it can and exits 1,
@@ -179,7 +181,14 @@ static void http_metrics(void *arg, struct vd_metrics_buf *out) {
     vd_histogram_render(out, "vd_match_seconds",
                         "Time from the start of a request's matching to its outcome.",
                         &st->match_seconds);
-    vd_metrics_counter(out, "vd_redis_calls_total", "Redis Function calls made by jobs.", st->redis_calls);
+    vd_metrics_counter(out, "vd_redis_calls_total", "Redis Function calls made by the dispatcher.",
+                       st->redis_calls);
+    const char *kinds[VD_CALL__COUNT];
+    for (int i = 0; i < VD_CALL__COUNT; i++) kinds[i] = vd_call_kind_name(i);
+    vd_metrics_counter_family(out, "vd_redis_calls_by_kind_total",
+                              "Redis calls by what they were for (step: an input's own; round, "
+                              "widen, claim: matching rounds; settle, due, sweep: housekeeping).",
+                              "kind", kinds, st->calls, VD_CALL__COUNT);
     vd_metrics_counter(out, "vd_redis_retries_total",
                        "Jobs retried after an unexpected Redis error reply.", st->redis_retries);
     vd_metrics_counter(out, "vd_redis_waits_total",
@@ -220,6 +229,16 @@ static void http_metrics(void *arg, struct vd_metrics_buf *out) {
     vd_metrics_counter(out, "vd_horizon_rejected_total",
                        "Requests whose not_before lies beyond matching.schedule_horizon_s.",
                        st->horizon_rejected);
+    vd_metrics_counter(out, "vd_rounds_total", "Matching rounds (each a round call, widen calls when candidates were too few, and a claim call when anyone was chosen).", st->rounds);
+    vd_metrics_counter(out, "vd_round_requests_total",
+                       "Requests in matching rounds (a request may be in several).",
+                       st->round_requests);
+    vd_metrics_counter(out, "vd_solve_microseconds_total",
+                       "Time spent solving the rounds' assignments, in microseconds.", st->solve_us);
+    vd_metrics_counter(out, "vd_rounds_uncertain_total",
+                       "Rounds claimed while some request had not seen far enough to be sure of "
+                       "the optimum (the widenings ran out).",
+                       st->rounds_uncertain);
     vd_metrics_counter(out, "vd_dense_searches_total",
                        "Widened searches bounded by matching.max_search_points.", st->dense_searches);
     vd_metrics_counter(out, "vd_volunteers_swept_total",

@@ -16,7 +16,7 @@
  *
  * Due runs (a request whose deadline came) are internal jobs in a part of their own, taken
  * from Redis' due set every cron tick whatever the intake does. Published facts are settled
- * in batches (vd2_settle), and stale volunteer records swept (vd2_sweep) once a second. */
+ * in batches (vd3_settle), and stale volunteer records swept (vd3_sweep) once a second. */
 #include "vd_dispatch.h"
 
 #include <stdarg.h>
@@ -31,15 +31,16 @@
 #include "vd_redis.h"
 
 #define MAX_REDIS_ERRORS 5 /* unexpected error replies before a job is dead-lettered */
-#define DUE_BATCH 64       /* requests taken per vd2_due call */
-#define MAX_TIMER_JOBS 256 /* due runs in memory before vd2_due waits */
+#define DUE_BATCH 64       /* requests taken per vd3_due call */
+#define MAX_TIMER_JOBS 256 /* due runs in memory before vd3_due waits */
 #define SWEEP_EVERY_MS 1000
 #define SWEEP_BATCH 256
 #define KICK_SCAN 64 /* queued jobs looked at per start, past those blocked by a running key */
 
 const char *vd_unmatched_reason_name(enum vd_unmatched_reason r) {
     static const char *const names[VD_UNMATCHED__COUNT] = {
-        "no_volunteer_in_range", "no_eligible_volunteer", "contention", "expired", "all_declined"};
+        "no_volunteer_in_range", "no_eligible_volunteer", "contention", "expired", "all_declined",
+        "lost_to_greater_need"};
     return names[r];
 }
 
@@ -47,6 +48,17 @@ const char *vd_offer_result_name(enum vd_offer_result r) {
     static const char *const names[VD_OFFER__COUNT] = {"made", "accepted", "declined",
                                                        "timed_out", "expired"};
     return names[r];
+}
+
+const char *vd_call_kind_name(enum vd_call_kind k) {
+    static const char *const names[VD_CALL__COUNT] = {"step", "round", "widen", "claim", "settle", "due", "sweep"};
+    return names[k];
+}
+
+/* Counts a Redis call about to be made. */
+static void count_call(struct vd_dispatch *d, enum vd_call_kind k) {
+    d->stats.redis_calls++;
+    d->stats.calls[k]++;
 }
 
 /* ---- building commands ---- */
@@ -105,7 +117,6 @@ static void job_free(struct vd_job *j) {
     free(j->payload);
     free(j->error);
     free(j->cands);
-    free(j->exclude);
     free(j->req_own);
     free(j);
 }
@@ -159,7 +170,7 @@ static void flush_settles(struct vd_dispatch *d) {
     }
     d->nsettles = 0;
     d->settles_in_flight++;
-    d->stats.redis_calls++;
+    count_call(d, VD_CALL_SETTLE);
     if (a.overflow || vd_redis_command(d->redis, on_settled, d, a.n, a.v, a.l) < 0)
         d->settles_in_flight--;
 }
@@ -196,7 +207,7 @@ static void on_due(struct vd_redis *r, redisReply *reply, void *arg) {
         if (e->type != REDIS_REPLY_STRING || e->len > VD_ID_MAX) continue;
         char rid[VD_ID_MAX + 1];
         snprintf(rid, sizeof rid, "%.*s", (int)e->len, e->str);
-        if (!vd_id_valid(rid) || tick_for(d, rid)) continue;
+        if (!vd_id_valid(rid) || tick_for(d, rid) || vd_round_holds(d, rid)) continue;
         struct vd_job *j = calloc(1, sizeof *j);
         if (!j) abort();
         j->d = d;
@@ -225,6 +236,7 @@ static void poll_due(struct vd_dispatch *d) {
     vd_argf(&a, "%d", VD_LEASE_MS);
     vd_argf(&a, "%d", DUE_BATCH);
     d->due_in_flight = 1;
+    count_call(d, VD_CALL_DUE);
     if (vd_redis_command(d->redis, on_due, d, a.n, a.v, a.l) < 0) d->due_in_flight = 0;
 }
 
@@ -253,6 +265,7 @@ static void sweep(struct vd_dispatch *d) {
     vd_argf(&a, "%lld", (long long)d->cfg->redis_volunteer_ttl_s * 1000);
     vd_argf(&a, "%d", SWEEP_BATCH);
     d->sweep_in_flight = 1;
+    count_call(d, VD_CALL_SWEEP);
     if (vd_redis_command(d->redis, on_swept, d, a.n, a.v, a.l) < 0) d->sweep_in_flight = 0;
 }
 
@@ -320,7 +333,7 @@ static void kick(struct vd_part *p) {
         struct vd_job *skipped[KICK_SCAN], *prev = NULL;
         size_t nskipped = 0;
         for (struct vd_job *j = p->head; j && nskipped < KICK_SCAN; prev = j, j = j->next) {
-            if (p->nrunning >= d->cfg->partition_concurrency || d->stopping ||
+            if (p->nrunning - p->nparked >= d->cfg->partition_concurrency || d->stopping ||
                 !vd_redis_is_ready(d->redis) || uv_now(d->loop) < p->retry_at)
                 break;
             if (blocked(p, j, skipped, nskipped)) {
@@ -342,6 +355,14 @@ static void kick(struct vd_part *p) {
     }
     p->in_kick = 0;
 }
+
+void vd_job_park(struct vd_job *j) {
+    j->part->nparked++;
+    /* Its place in the concurrency is free: the partition may start another job. */
+    kick(j->part);
+}
+
+void vd_job_unpark(struct vd_job *j) { j->part->nparked--; }
 
 void vd_job_redis_done(struct vd_job *j) {
     struct vd_part *p = j->part;
@@ -370,8 +391,7 @@ static void requeue(struct vd_job *j, uint64_t delay_ms) {
     if (!p->tail) p->tail = j;
 }
 
-/* A Redis call failed: no reply (connection lost, deadline passed) or an error reply. */
-static void redis_failed(struct vd_job *j, const redisReply *reply) {
+void vd_job_redis_failed(struct vd_job *j, const redisReply *reply) {
     struct vd_dispatch *d = j->d;
     struct vd_part *p = j->part;
     int cls = vd_redis_reply_class(reply);
@@ -422,7 +442,7 @@ static void on_reply(struct vd_redis *r, redisReply *reply, void *arg) {
     free(c);
     (void)r;
     if (!reply || reply->type == REDIS_REPLY_ERROR) {
-        redis_failed(j, reply);
+        vd_job_redis_failed(j, reply);
         return;
     }
     fn(j, reply);
@@ -442,10 +462,10 @@ void vd_job_call(struct vd_job *j, struct vd_args *a, vd_job_reply_fn *fn) {
     c->j = j;
     c->fn = fn;
     j->stage = VD_STAGE_REDIS;
-    j->d->stats.redis_calls++;
+    count_call(j->d, VD_CALL_STEP);
     if (vd_redis_command(j->d->redis, on_reply, c, a->n, a->v, a->l) < 0) {
         free(c);
-        redis_failed(j, NULL);
+        vd_job_redis_failed(j, NULL);
     }
 }
 
@@ -586,6 +606,7 @@ void vd_dispatch_cron(struct vd_dispatch *d) {
     flush_settles(d);
     poll_due(d);
     sweep(d);
+    vd_round_kick(d);
     apply_backpressure(d);
 }
 
@@ -594,6 +615,7 @@ int vd_dispatch_intake_full(const struct vd_dispatch *d) { return d->full; }
 void vd_dispatch_stop(struct vd_dispatch *d) {
     d->stopping = 1;
     for (struct vd_part *p = d->parts; p; p = p->next) drop_queue(p);
+    vd_round_stop(d);
 }
 
 void vd_dispatch_flush(struct vd_dispatch *d) { flush_settles(d); }
@@ -610,6 +632,7 @@ void vd_dispatch_free(struct vd_dispatch *d) {
     if (!d) return;
     /* Jobs cut short by a late stop: their inputs stay uncommitted and come back. */
     while (d->all) job_free(d->all);
+    vd_round_free(d);
     while (d->parts) {
         struct vd_part *p = d->parts;
         d->parts = p->next;

@@ -2,8 +2,8 @@
  *
  * Every consumed message becomes a job. Jobs of one partition overlap, except that jobs about
  * the same request or volunteer run in offset order. A job decodes its event (invalid: one
- * dead letter), runs its Redis Functions (a match is typically two round trips: vd2_admit,
- * then vd2_offer), then produces its outputs. It is finished once Kafka acknowledged every
+ * dead letter), runs its Redis Functions (a request is matched in its pool's rounds,
+ * vd_round.c: vd3_round, then vd3_claim, for many requests at once), then produces its outputs. It is finished once Kafka acknowledged every
  * output; only then does its offset count toward the partition's commit watermark
  * (vd_offsets). A Redis outage (connection lost, or Redis up but refusing) puts the job back
  * at the head of its partition to run again once Redis takes writes; every Function is
@@ -34,6 +34,8 @@ enum vd_unmatched_reason {
     VD_UNMATCHED_EXPIRED,                   /* expires_at passed before a match */
     VD_UNMATCHED_ALL_DECLINED,              /* offers declined or unanswered until none was left
                                                to make (max_offers, or nobody else in range) */
+    VD_UNMATCHED_LOST_TO_GREATER_NEED,      /* eligible volunteers in range all went to requests
+                                               in greater need */
     VD_UNMATCHED__COUNT
 };
 
@@ -47,8 +49,20 @@ enum vd_offer_result {
     VD_OFFER__COUNT
 };
 
+/* What a Redis call was for (vd_redis_calls_by_kind_total{kind}). */
+enum vd_call_kind {
+    VD_CALL_STEP = 0, /* an input's or a due run's step: a volunteer event, an answer, a cancel... */
+    VD_CALL_ROUND,    /* a matching round's first half (vd3_round) */
+    VD_CALL_WIDEN,    /* more candidates for some of its requests (vd3_round again) */
+    VD_CALL_CLAIM,    /* its second half (vd3_claim) */
+    VD_CALL_SETTLE,   /* facts acknowledged by Kafka (batched) */
+    VD_CALL_DUE,      /* taking due requests */
+    VD_CALL_SWEEP,    /* sweeping silent volunteers */
+    VD_CALL__COUNT
+};
+
 /* How long a running step may hold a request before any instance takes it up again: a
- * search in progress, or facts waiting for Kafka (see vd2_settle in vdispatch.lua). */
+ * search in progress, or facts waiting for Kafka (see vd3_settle in vdispatch.lua). */
 #define VD_LEASE_MS 5000
 
 struct vd_dispatch_stats {
@@ -62,7 +76,8 @@ struct vd_dispatch_stats {
     uint64_t offers[VD_OFFER__COUNT];
     uint64_t scheduled;              /* requests that waited for their not_before */
     uint64_t due_runs;               /* requests taken up because their due time came */
-    uint64_t redis_calls;
+    uint64_t redis_calls;            /* every Redis call the dispatcher made */
+    uint64_t calls[VD_CALL__COUNT];  /* the same, by kind */
     uint64_t redis_retries;          /* jobs retried after an unexpected Redis error */
     uint64_t redis_waits;            /* jobs put back to wait for Redis (down or refusing) */
     uint64_t jobs_in_memory;         /* input jobs and due runs */
@@ -72,6 +87,10 @@ struct vd_dispatch_stats {
     uint64_t stale;                  /* requests older than their record's TTL, not matched */
     uint64_t horizon_rejected;       /* not_before beyond matching.schedule_horizon_s */
     uint64_t dense_searches;         /* widened searches bounded by matching.max_search_points */
+    uint64_t rounds_uncertain;       /* rounds claimed before every request saw far enough */
+    uint64_t rounds;                 /* matching rounds started */
+    uint64_t round_requests;         /* requests in them (a request may be in several) */
+    uint64_t solve_us;               /* time spent solving rounds' assignments */
     uint64_t volunteers_swept;       /* volunteer records gone after redis.volunteer_ttl_s */
     uint64_t match_latency_us_sum, matches;
     struct vd_histogram match_seconds;
@@ -106,6 +125,7 @@ int vd_dispatch_idle(const struct vd_dispatch *d);
 const struct vd_dispatch_stats *vd_dispatch_stats(const struct vd_dispatch *d);
 const char *vd_unmatched_reason_name(enum vd_unmatched_reason r);
 const char *vd_offer_result_name(enum vd_offer_result r);
+const char *vd_call_kind_name(enum vd_call_kind k);
 
 void vd_dispatch_free(struct vd_dispatch *d);
 

@@ -31,6 +31,27 @@ enum vd_job_stage {
     VD_STAGE_PUBLISHED,  /* Redis work done; waiting for Kafka to acknowledge the outputs */
 };
 
+/* A candidate edge of a request in a round: a volunteer who may serve it. */
+struct vd_cand {
+    char id[VD_ID_MAX + 1];
+    double distance_m;
+    int continuity; /* the resident's preferred volunteer, or the last who served them */
+    int64_t cost;   /* metres, shaded by load and continuity (vd3_round computes it) */
+    int radius;     /* the radius of the search that found them */
+    int col;        /* the volunteer's column in the round's problem */
+    int chosen;
+};
+
+/* One pool's matching rounds (the city, or one event): requests wait for the next round while
+ * one is in flight; see vd_round.c. */
+struct vd_pool {
+    char event_id[VD_ID_MAX + 1]; /* "" = the city */
+    struct vd_job *head, *tail;   /* waiting for the next round */
+    int nwaiting;
+    struct vd_round *round;       /* the round in flight, or NULL */
+    struct vd_pool *next;
+};
+
 struct vd_part {
     char *topic;
     int32_t partition;
@@ -42,6 +63,7 @@ struct vd_part {
     struct vd_job *running;     /* jobs started and not yet through their Redis work (rnext list) */
     int nrunning;
     int in_kick;
+    int nparked; /* running jobs waiting in a matching round: not counted against concurrency */
     int internal;      /* the timers part: jobs without an input offset */
     uint64_t retry_at; /* loop time before which no job starts (after an unexpected error) */
     struct vd_part *next;
@@ -66,15 +88,25 @@ struct vd_job {
      * record stored with it (req_own). */
     struct vd_event *req, *req_own;
     int open;             /* volunteers the request still needs (neither held nor offered) */
-    char *exclude;        /* comma-joined volunteers never to offer it again */
     long long settle_seq; /* the last fact published: settled once Kafka acknowledged it */
-    /* matching state */
-    int matching, radius, rmax, seen, claim_rounds, exhausted, dense;
-    int lacking_skill; /* in range but without the rare skill searched (never candidates) */
-    double page_far_m; /* distance of the farthest candidate of the last page */
-    struct vd_match_stats mstats;
-    struct vd_candidate *cands; /* eligible, ranked, not yet tried */
-    size_t ncands;
+    /* matching in rounds (vd_round.c) */
+    int matching;         /* its matching began (started_us is set) */
+    int round_new;        /* its request is still to be admitted (its first round) */
+    int rounds_empty;     /* rounds in a row that gave it nobody */
+    uint64_t joined_ms;   /* when it joined its pool's waiting list */
+    struct vd_pool *pool; /* the pool whose round it waits for or runs in; NULL otherwise */
+    struct vd_job *pnext; /* next in the pool's waiting list */
+    struct vd_job *mnext; /* next in its bucket of the matching set (vd_dispatch.matching) */
+    int need;             /* the request's need, as the round read it */
+    int radius, considered, more; /* reported: widest radius, fullest view (all rounds) */
+    int considered_now;           /* volunteers this round looked at */
+    int seen_m;                   /* this round saw every volunteer nearer than this */
+    long long bound;              /* the solve's bound for its edges (vd_assign.h) */
+    int cover_m;                  /* a widened search must see this far (0: not widened) */
+    int lost_now;                 /* candidates this round's solve gave to greater need */
+    int filtered[VD_FILTER__COUNT];
+    struct vd_cand *cands; /* the round's candidate edges of the request */
+    int ncands;
     char key[VD_ID_MAX + 1]; /* request or volunteer the event is about; "" if undecodable */
     struct vd_job *next;
     struct vd_job *rprev, *rnext;       /* the partition's running list */
@@ -93,12 +125,17 @@ struct vd_dispatch {
     struct vd_job *all;
     struct vd_job *ticks; /* live due runs */
     int stopping;
-    uint64_t running;
+    uint64_t running;        /* jobs started, parked in rounds included */
     int full;               /* daemon.max_inflight inputs in memory: intake paused */
     struct vd_part *timers;    /* internal jobs: requests whose due time came */
     int timer_jobs;
     int due_in_flight, sweep_in_flight;
     uint64_t last_sweep_ms;
+    struct vd_pool *pools;   /* matching rounds by pool */
+    struct vd_job **matching; /* the jobs in a pool (waiting or in a round), by request: one per request */
+    size_t nmatching, matching_cap;
+    uv_timer_t round_timer;  /* a batch window ends */
+    int round_timer_inited;
     struct vd_settle {
         char rid[VD_ID_MAX + 1];
         long long seq;
@@ -139,10 +176,38 @@ void vd_job_call(struct vd_job *j, struct vd_args *a, vd_job_reply_fn *fn);
 /* The Redis part of job j is over: it waits for its outputs' acknowledgements. */
 void vd_job_redis_done(struct vd_job *j);
 
+/* The job's Redis call failed (reply NULL or an error): it waits for Redis and runs again,
+ * becomes a dead letter, or is retried, as for any call. */
+void vd_job_redis_failed(struct vd_job *j, const redisReply *reply);
+/* A running job waits in a matching round: it keeps its place in its key's order but not its
+ * share of the partition's concurrency; unpark gives it back. */
+void vd_job_park(struct vd_job *j);
+void vd_job_unpark(struct vd_job *j);
+
+/* ---- vd_round.c ---- */
+
+/* The request of job j wants volunteers: it joins its pool's next round (j->round_new: and is
+ * admitted there). The job continues from the round: vd_request_after_round(). */
+void vd_round_join(struct vd_job *j);
+/* 1 when a job of the request waits for a round or is in one (a due run would be its twin). */
+int vd_round_holds(const struct vd_dispatch *d, const char *request_id);
+/* Starts the rounds whose window has passed (from the daemon's cron and the round timer). */
+void vd_round_kick(struct vd_dispatch *d);
+/* Stopping: the requests waiting for a round are dropped (their inputs come back). */
+void vd_round_stop(struct vd_dispatch *d);
+void vd_round_free(struct vd_dispatch *d);
+
 /* ---- vd_request.c ---- */
 
 /* Runs a job: its input event's steps, or the due run of a request. */
 void vd_request_run(struct vd_job *j);
+/* The job's matching is over (its round said so): its Redis work ends. */
+void vd_request_matched(struct vd_job *j);
+/* Publishes the facts of a reply's list (array of "[+]n|kind|..." strings). */
+void vd_request_publish_facts(struct vd_job *j, const redisReply *facts);
+/* The widest search for the job's request: its max_distance_m narrows matching.radius_max_m. */
+int vd_request_rmax(const struct vd_job *j);
+
 
 /* ---- vd_publish.c ---- */
 

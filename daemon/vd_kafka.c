@@ -480,7 +480,9 @@ void vd_kafka_pause_all(struct vd_kafka *k, int pause) {
         else
             rd_kafka_resume_partitions(k->consumer, k->assigned);
     }
-    vd_info("kafka: intake %s", pause ? "paused" : "resumed");
+    /* Back-pressure can toggle it often: /readyz and vd_intake_paused say it; the log only at
+     * debug level (a Redis refusal that pauses it is said by the Redis client). */
+    vd_debug("kafka: intake %s", pause ? "paused" : "resumed");
 }
 
 int vd_kafka_is_paused(const struct vd_kafka *k) { return k->paused; }

@@ -1,8 +1,8 @@
-#!lua name=vdispatch_2
+#!lua name=vdispatch_3
 --[[
-The vdispatch Redis Function library, version 2: every state change of volunteers and
+The vdispatch Redis Function library, version 3: every state change of volunteers and
 requests, each one atomic. The version is in the library's name and in every function's name
-(vd2_*), so that two versions can run side by side during a rolling upgrade: vdispatchd loads
+(vd3_*), so that two versions can run side by side during a rolling upgrade: vdispatchd loads
 its own version when it is missing and never replaces another one (see daemon/vd_redis.c).
 
 Keys (P is the configured key prefix, "vd:" by default; it ends with ':' and holds no '/'; IDs
@@ -16,10 +16,15 @@ deployment's prefix can reach another deployment's keys):
   P.."pool/ev/"..eid    GEO set of one event's (concert, expo) available, unheld volunteers
   POOL.."/s/"..skill    GEO set of the pooled volunteers of POOL who have that skill: a request
                         that needs a rare skill searches there, not among everyone nearby
+  POOL.."/open"         GEO set of the requests of POOL that wait with an open place and nobody
+                        to offer it to (their offers are out): a volunteer joining the pool
+                        near one makes it due, so it joins the next round
   P.."tasks/"..vid      sorted set: request_id scored by assignment time (ms), rolling 24 h
   P.."req/"..rid        hash, one per request: state needed rq (what matching and the outputs
-                        need of the request, never the resident's own data) at exp (start and
-                        end, ms) held (volunteers confirmed) offers (outstanding) tried
+                        need of the request, never the resident's own data) need (its need
+                        score, computed by the daemon at admission) at exp (start and
+                        end, ms) w (its pool's open set while it waits there) held
+                        (volunteers confirmed) offers (outstanding) tried
                         (declined or timed out) done (finished: completed or released)
                         attempts, o:<vid> "offer_id|attempt|deadline_ms", d:<vid> the match
                         note, t:<vid> when the volunteer was confirmed, c:<vid> how their task
@@ -27,7 +32,13 @@ deployment's prefix can reach another deployment's keys):
                         and pub (see fact())
   P.."due"              sorted set: request_id scored by when an instance must look at it next
                         (scheduled start, offer deadline, expires_at, task timeout, lease)
-  P.."probe"            a short-lived key vd2_probe writes to learn that Redis takes writes
+  P.."res/"..resident   the volunteer who last completed a task for that resident (an ID; it
+                        expires after matching.continuity_days): continuity for the next request
+  P.."probe"            a short-lived key vd3_probe writes to learn that Redis takes writes
+
+Matching runs in rounds, per pool: vd3_round admits the round's new requests and returns the
+candidate edges of every request that needs a volunteer, the daemon solves the assignment
+(common/vd_assign.c), and vd3_claim applies it, each pair re-checked atomically.
 
 A volunteer is in exactly one pool (and its skill sets) while available and not held, and in
 none otherwise: that is the invariant that makes "no volunteer is held by two requests" a local
@@ -139,7 +150,20 @@ end
 --[[ Puts a volunteer back in their pool if they are available and hold no task. A location
 stored out of GEO range (written by an older version) is not pooled: the volunteer waits,
 unpooled, for an event with a valid place. ]]
-local function repool(p, vkey, vid)
+--[[ A volunteer who just joined a pool (or moved in it) may serve a request that waits with an
+open place (an offer-mode request with nothing more to offer while its offers are out): those
+within rmax of them are made due now, so that any instance takes them up into a round. ]]
+local function nudge(pool, lon, lat, rmax)
+  if not rmax or rmax <= 0 then return end
+  local rids = redis.call('GEOSEARCH', pool .. '/open', 'FROMLONLAT', lon, lat, 'BYRADIUS', rmax,
+                          'm', 'COUNT', 16, 'ANY')
+  if #rids == 0 then return end
+  local due = string.match(pool, '^(.*)pool/') .. 'due'
+  local now = now_ms()
+  for _, rid in ipairs(rids) do redis.call('ZADD', due, 'LT', now, rid) end
+end
+
+local function repool(p, vkey, vid, rmax)
   local v = redis.call('HMGET', vkey, 'avail', 'task', 'lat', 'lon', 'event_id', 'skills')
   if v[1] ~= '1' or (v[2] and v[2] ~= '') or not lat_ok(v[3]) or not lon_ok(v[4]) then
     return 0
@@ -147,6 +171,7 @@ local function repool(p, vkey, vid)
   local pool = K.pool(p, v[5])
   pool_add(pool, vid, v[4], v[3], v[6])
   redis.call('HSET', vkey, 'pool', pool)
+  nudge(pool, v[4], v[3], rmax)
   return 1
 end
 
@@ -164,7 +189,8 @@ local function vol_args(keys, args, ch)
   return p, vid
 end
 
--- vd2_vol_available KEYS: vol vols  ARGV: prefix vid lat lon skills languages max_tasks team event_id
+-- vd3_vol_available KEYS: vol vols  ARGV: prefix vid lat lon skills languages max_tasks team event_id
+-- radius_max_m
 local function vol_available(keys, args)
   local ch = checker()
   local p, vid = vol_args(keys, args, ch)
@@ -175,6 +201,8 @@ local function vol_available(keys, args)
   ch.need(int(args[7], 0, 100), 'max_tasks_per_day')
   ch.need(is_id_or_empty(args[8]), 'team')
   ch.need(is_id_or_empty(args[9]), 'event_id')
+  local rmax = int(args[10], 1, 1e7)
+  ch.need(rmax, 'radius_max_m')
   if ch.err then return bad(ch) end
   local vkey = keys[1]
   local task = redis.call('HGET', vkey, 'task')
@@ -184,16 +212,18 @@ local function vol_available(keys, args)
              'event_id', args[9], 'avail', '1')
   redis.call('ZADD', keys[2], now_ms(), vid)
   if task and task ~= '' then return 'held' end
-  repool(p, vkey, vid)
+  repool(p, vkey, vid, rmax)
   return 'pooled'
 end
 
--- vd2_vol_location KEYS: vol vols  ARGV: prefix vid lat lon
+-- vd3_vol_location KEYS: vol vols  ARGV: prefix vid lat lon radius_max_m
 local function vol_location(keys, args)
   local ch = checker()
   local _, vid = vol_args(keys, args, ch)
   ch.need(lat_ok(args[3]), 'location.lat')
   ch.need(lon_ok(args[4]), 'location.lon')
+  local rmax = int(args[5], 1, 1e7)
+  ch.need(rmax, 'radius_max_m')
   if ch.err then return bad(ch) end
   local vkey = keys[1]
   if redis.call('EXISTS', vkey) == 0 then return 'unknown' end
@@ -202,12 +232,13 @@ local function vol_location(keys, args)
   local v = redis.call('HMGET', vkey, 'pool', 'skills')
   if v[1] and v[1] ~= '' then
     pool_add(v[1], vid, args[4], args[3], v[2])
+    nudge(v[1], args[4], args[3], rmax)
     return 'moved'
   end
   return 'stored'
 end
 
--- vd2_vol_unavailable KEYS: vol vols  ARGV: prefix vid
+-- vd3_vol_unavailable KEYS: vol vols  ARGV: prefix vid
 local function vol_unavailable(keys, args)
   local ch = checker()
   local _, vid = vol_args(keys, args, ch)
@@ -220,7 +251,7 @@ local function vol_unavailable(keys, args)
   return 'left'
 end
 
---[[ vd2_sweep KEYS: vols  ARGV: prefix ttl_ms limit
+--[[ vd3_sweep KEYS: vols  ARGV: prefix ttl_ms limit
 Removes up to limit volunteer records that no event refreshed for ttl_ms: out of their pool,
 record deleted. One who holds a task stays until it ends (a task timeout ends it at the latest)
 and is looked at again a ttl later, unless the request holding them has no record any more.
@@ -250,7 +281,7 @@ local function sweep(keys, args)
   return gone
 end
 
--- vd2_probe KEYS: probe  A write that tells the daemon Redis takes writes (and has this library).
+-- vd3_probe KEYS: probe  A write that tells the daemon Redis takes writes (and has this library).
 local function probe(keys, args)
   redis.call('SET', keys[1], '1', 'PX', 10000)
   return 'ok'
@@ -285,11 +316,12 @@ local function move(r, to)
   r.state = to
 end
 
-local F = {'state', 'needed', 'held', 'offers', 'tried', 'done', 'attempts', 'at', 'exp', 'seq', 'pub'}
-local NCOMMON = 8
+local F = {'state', 'needed', 'held', 'offers', 'tried', 'done', 'attempts', 'at', 'exp', 'seq', 'pub',
+           'w'}
 
 --[[ Common ARGV of the request functions: prefix rid ttl_s lease_ms max_offers
-offer_timeout_ms task_timeout_ms want_rq; KEYS[1] is the request's hash, KEYS[2] the due set.
+offer_timeout_ms task_timeout_ms want_rq radius_max_m; KEYS[1] is the request's hash, KEYS[2]
+the due set.
 want_rq 1 asks for the request's stored description in the reply (a job that is not the
 request's own event needs it). Returns the context, or nil after noting the error in ch. ]]
 local function context(keys, args, ch)
@@ -297,9 +329,10 @@ local function context(keys, args, ch)
   local c = {p = p, rid = rid, now = now_ms(), ttl = int(args[3], 1, 1e9),
              lease = int(args[4], 1, 1e9), max_offers = int(args[5], 1, 1000),
              timeout = int(args[6], 0, 1e12), task_ms = int(args[7], 0, 1e12),
-             want_rq = args[8] == '1', rkey = keys[1], due = keys[2]}
+             want_rq = args[8] == '1', rmax = int(args[9], 1, 1e7), rkey = keys[1], due = keys[2]}
   ch.need(is_id(rid), 'request_id')
-  ch.need(c.ttl and c.lease and c.max_offers and c.timeout and c.task_ms, 'common arguments')
+  ch.need(c.ttl and c.lease and c.max_offers and c.timeout and c.task_ms and c.rmax,
+          'common arguments')
   ch.need(is_id(rid) and keys[1] == K.req(p, rid) and keys[2] == p .. 'due', 'keys')
   return c
 end
@@ -309,13 +342,22 @@ local function load(c)
   return {rid = c.rid, state = v[1] or 'received', needed = tonumber(v[2]) or 1,
           held = split(v[3]), offers = split(v[4]), tried = split(v[5]), done = split(v[6]),
           attempts = tonumber(v[7]) or 0, at = tonumber(v[8]) or 0, exp = tonumber(v[9]) or 0,
-          seq = tonumber(v[10]) or 0, seq0 = tonumber(v[10]) or 0, pub = tonumber(v[11]) or 0}
+          seq = tonumber(v[10]) or 0, seq0 = tonumber(v[10]) or 0, pub = tonumber(v[11]) or 0,
+          w = v[12]}
 end
 
 local function save(c, r)
   redis.call('HSET', c.rkey, 'state', r.state, 'needed', r.needed, 'held', table.concat(r.held, ','),
              'offers', table.concat(r.offers, ','), 'tried', table.concat(r.tried, ','),
              'done', table.concat(r.done, ','), 'attempts', r.attempts, 'seq', r.seq)
+  -- A request waiting with an open place (w: its pool's open set) leaves it once the place is
+  -- filled or the request no longer searches.
+  if r.w and r.w ~= '' and not ((r.state == 'searching' or r.state == 'offered')
+                                and r.needed - #r.held - #r.offers > 0) then
+    redis.call('ZREM', r.w, c.rid)
+    redis.call('HDEL', c.rkey, 'w')
+    r.w = nil
+  end
   -- A request scheduled further ahead than the TTL is kept until its start, and the TTL after;
   -- one whose volunteers' tasks still run, until they time out at the latest.
   local ttl = c.ttl
@@ -327,7 +369,7 @@ end
 --[[ Facts are the request's event log: one line per output-worthy change, "kind|vid|...",
 kept in f:<n>; n is the request's sequence, which every output of the fact carries. Those
 after `pub` are not known to have reached Kafka yet; every function returns them, so whoever
-runs next publishes them again (same event ids) until vd2_settle says they were acknowledged.
+runs next publishes them again (same event ids) until vd3_settle says they were acknowledged.
 Kinds: offered|vid|offer_id|attempt|deadline|note  confirmed|vid|offer_id|attempt|note
 withdrawn|vid|offer_id|why  unmatched|json  cancelled|vid (vid empty: nobody was held)
 completed|vid|all(0/1)  released|vid|why (a task past task_timeout_s) ]]
@@ -358,7 +400,7 @@ local function release(c, vid, counts)
   if redis.call('HGET', vkey, 'task') ~= c.rid then return false end
   redis.call('HSET', vkey, 'task', '')
   if not counts then redis.call('ZREM', K.tasks(c.p, vid), c.rid) end
-  repool(c.p, vkey, vid)
+  repool(c.p, vkey, vid, c.rmax)
   return true
 end
 
@@ -401,7 +443,7 @@ local function set_due(c, r, keep_lease)
   end
   if r.seq > r.pub then at(c.now + c.lease) end
   if t and t <= c.now and keep_lease then
-    -- Overdue, but an instance holds it under a lease (vd2_settle): leave it theirs.
+    -- Overdue, but an instance holds it under a lease (vd3_settle): leave it theirs.
     local cur = tonumber(redis.call('ZSCORE', c.due, c.rid))
     if cur and cur > c.now then t = cur end
   end
@@ -517,154 +559,6 @@ end
 local ALL = {offered = true, confirmed = true, withdrawn = true, unmatched = true,
              cancelled = true, completed = true, released = true}
 
--- The search's own arguments (after the keys' pool and skill sets): lat lon radius_m count
--- max_points. Notes what is wrong in ch; returns them as numbers.
-local function search_args(args, i, ch)
-  local lat, lon = lat_ok(args[i]), lon_ok(args[i + 1])
-  local radius, count = int(args[i + 2], 1, 1e7), int(args[i + 3], 1, 1000)
-  local maxpts = int(args[i + 4], 0, 1e6)
-  ch.need(lat and lon, 'location')
-  ch.need(radius and count and maxpts, 'search arguments')
-  return lat, lon, radius, count, maxpts
-end
-
---[[ One search page: the candidates offset+1 .. offset+count nearest within radius_m of
-pool (or of the smallest of the skill sets, when given: everyone there has at least that
-rare skill). Returns {'ok', total, without, dense, id, dist, skills, languages, max_tasks,
-tasks_24h, ...}: total is how many the search returned before the offset was skipped;
-without counts volunteers in range who lack the searched skill (only when nobody has it).
-
-GEOSEARCH costs as many points as lie in the searched area, so a wide search is bounded:
-with max_points > 0, a probe (ANY, which stops at max_points) comes first, and when the
-area holds max_points or more the page is taken from those points, nearest first, instead
-of sorting the whole area (dense = 1: a dense place; the nearest may be missing from it). ]]
-local function search_page(p, pool, skill_sets, lat, lon, radius, offset, count, now, maxpts)
-  local base = pool
-  local best = nil
-  for _, k in ipairs(skill_sets) do
-    local n = redis.call('ZCARD', k)
-    if best == nil or n < best then best, pool = n, k end
-  end
-  local want = offset + count
-  local found, dense = nil, 0
-  if maxpts > 0 then
-    local probe = redis.call('GEOSEARCH', pool, 'FROMLONLAT', lon, lat, 'BYRADIUS', radius,
-                             'm', 'COUNT', maxpts, 'ANY', 'WITHDIST')
-    if #probe >= maxpts then
-      dense = 1
-      table.sort(probe, function(a, b)
-        local da, db = tonumber(a[2]), tonumber(b[2])
-        if da ~= db then return da < db end
-        return a[1] < b[1]
-      end)
-      found = {}
-      for i = 1, math.min(want, #probe) do found[i] = probe[i] end
-    end
-  end
-  if not found then
-    found = redis.call('GEOSEARCH', pool, 'FROMLONLAT', lon, lat,
-                       'BYRADIUS', radius, 'm', 'ASC', 'COUNT', want, 'WITHDIST')
-  end
-  -- Nobody with the rare skill in range: say how many without it were there (up to count),
-  -- so that the outcome tells "no eligible volunteer" from "nobody in range".
-  local nwithout = 0
-  if #found == 0 and pool ~= base then
-    nwithout = #redis.call('GEOSEARCH', base, 'FROMLONLAT', lon, lat,
-                           'BYRADIUS', radius, 'm', 'COUNT', count, 'ANY')
-  end
-  local out = {'ok', #found, nwithout, dense}
-  local since = now - DAY_MS
-  for i = offset + 1, #found do
-    local vid, dist = found[i][1], found[i][2]
-    local v = redis.call('HMGET', p .. 'vol/' .. vid, 'skills', 'languages', 'max_tasks')
-    local n = redis.call('ZCOUNT', K.tasks(p, vid), '(' .. since, '+inf')
-    out[#out + 1] = vid
-    out[#out + 1] = dist
-    out[#out + 1] = v[1] or ''
-    out[#out + 1] = v[2] or ''
-    out[#out + 1] = v[3] or '0'
-    out[#out + 1] = n
-  end
-  return out
-end
-
--- KEYS[first..]: the pool and its skill sets, checked against the prefix.
-local function pool_keys(keys, first, p, ch)
-  local pool = keys[first]
-  ch.need(type(pool) == 'string' and (pool == p .. 'pool/city' or
-          (string.sub(pool, 1, #p + 8) == p .. 'pool/ev/' and is_id(string.sub(pool, #p + 9)))),
-          'pool key')
-  local sets = {}
-  for i = first + 1, #keys do
-    ch.need(type(pool) == 'string' and string.sub(keys[i], 1, #pool + 3) == pool .. '/s/' and
-            is_id(string.sub(keys[i], #pool + 4)), 'skill key')
-    sets[#sets + 1] = keys[i]
-  end
-  return pool, sets
-end
-
--- vd2_search KEYS: pool [skill-set ...]  ARGV: prefix lat lon radius_m count max_points offset
--- A further search page (read-only).
-local function search(keys, args)
-  local ch = checker()
-  local p = args[1]
-  local pool, sets = pool_keys(keys, 1, p, ch)
-  local lat, lon, radius, count, maxpts = search_args(args, 2, ch)
-  local offset = int(args[7], 0, 1e6)
-  ch.need(offset, 'offset')
-  if ch.err then return bad(ch) end
-  return search_page(p, pool, sets, lat, lon, radius, offset, count, now_ms(), maxpts)
-end
-
---[[ vd2_admit KEYS: req due pool [skill-set ...]
-ARGV: common, needed at_ms exp_ms time_ms rq lat lon radius_m count max_points
-A new request gets its record: scheduled until at_ms (not_before less the lead time), else
-searching, with the first search page in the same call; expired at once when exp_ms passed.
-A request seen again (redelivery, duplicate) answers 'replay' with its recorded facts to
-publish again, or 'resume' when an earlier run stopped in the middle of a search. A request
-whose event (time_ms) is older than the record's TTL and has no record answers 'stale' and
-writes nothing: its record, if it had one, has expired, and it must not be matched again. ]]
-local function admit(keys, args)
-  local ch = checker()
-  local c = context(keys, args, ch)
-  local needed, at = int(args[9], 1, 10), int(args[10], 0, 1e15)
-  local exp, time = int(args[11], 0, 1e15), int(args[12], 0, 1e15)
-  local rq = args[13]
-  ch.need(needed and at and exp and time, 'needed/not_before/expires_at/time')
-  ch.need(type(rq) == 'string' and #rq > 0 and pcall(cjson.decode, rq), 'rq')
-  local pool, sets = pool_keys(keys, 3, c.p, ch)
-  local lat, lon, radius, count, maxpts = search_args(args, 14, ch)
-  if ch.err then return bad(ch) end
-  local r = load(c)
-  local tag = 'new'
-  if r.state == 'received' then
-    if time + c.ttl * 1000 < c.now then return reply(c, r, 'stale', 0, {}) end
-    r.needed, r.at, r.exp = needed, at, exp
-    redis.call('HSET', c.rkey, 'at', r.at, 'exp', r.exp, 'rq', rq)
-    if r.exp > 0 and c.now >= r.exp then
-      end_unmatched(c, r, lua_unmatched(c, 'expired'))
-    else
-      move(r, r.at > c.now and 'scheduled' or 'searching')
-    end
-  elseif r.state == 'searching' then
-    tag = 'resume'
-  else
-    tag = 'replay'
-  end
-  if redis.call('HEXISTS', c.rkey, 'rq') == 0 then
-    -- A record made before its request (a cancel that came first) learns what it asked for.
-    r.needed = needed
-    redis.call('HSET', c.rkey, 'rq', rq)
-  end
-  advance(c, r)
-  local s = resolve(c, r)
-  local list = facts(c, r, tag == 'replay' and ALL or nil)
-  local page = nil
-  if s == 1 then page = search_page(c.p, pool, sets, lat, lon, radius, 0, count, c.now, maxpts) end
-  finish_call(c, r)
-  return reply(c, r, tag, s, list, page)
-end
-
 -- Great-circle distance in metres, as Redis computes it.
 local function distance(lat1, lon1, lat2, lon2)
   local r1, r2 = math.rad(lat1), math.rad(lat2)
@@ -673,97 +567,457 @@ local function distance(lat1, lon1, lat2, lon2)
   return 2 * EARTH_R * math.asin(math.sqrt(u * u + math.cos(r1) * math.cos(r2) * v * v))
 end
 
-local function has_all(list, want)
-  for _, x in ipairs(want) do if not has(list, x) then return false end end
+local function set_of(list)
+  local t = {}
+  for _, x in ipairs(list) do t[x] = true end
+  return t
+end
+
+local function has_all(set, want)
+  for _, x in ipairs(want) do if not set[x] then return false end end
   return true
 end
 
-local function has_any(list, want)
+local function has_any(set, want)
   if #want == 0 then return true end
-  for _, x in ipairs(want) do if has(list, x) then return true end end
+  for _, x in ipairs(want) do if set[x] then return true end end
   return false
 end
 
---[[ vd2_offer KEYS: req due pool
-ARGV: common, default_cap lat lon max_distance_m skills languages, vid note vid note ...
-A note is "distance/radius/considered" as the search saw it; it is kept (d:<vid>) with the
-offer. Offers the request, in the order given, to volunteers who are still what the search
-saw: in the request's own pool (city or its event), within max_distance_m of the request,
-with every skill it needs and one of its languages, under their daily cap and never tried
-for it, until no slot is open. A search result gone stale (the volunteer moved, changed pool
-or skills) is skipped. Each offer holds the volunteer (out of every pool). With
-offer_timeout_ms 0 the offer is confirmed at once (direct mode); else it waits for an answer
-until its deadline (never after expires_at). extra is how many were offered now. ]]
-local function offer(keys, args)
-  local ch = checker()
-  local c = context(keys, args, ch)
-  local pool = pool_keys({keys[3]}, 1, c.p, ch)
-  local cap0 = int(args[9], 1, 1000)
-  local lat, lon = lat_ok(args[10]), lon_ok(args[11])
-  local maxd = real(args[12], 1, 1e8)
-  ch.need(cap0 and lat and lon and maxd, 'offer arguments')
-  ch.need(is_ids(args[13]) and is_ids(args[14]), 'skills/languages')
-  ch.need((#args - 14) % 2 == 0, 'candidate list')
-  for i = 15, #args - 1, 2 do
-    ch.need(is_id(args[i]), 'volunteer_id')
-    ch.need(string.find(args[i + 1], '^[0-9.]+/[0-9]+/[0-9]+$'), 'note')
+-- The pool key of a round, checked against the prefix.
+local function pool_ok(pool, p)
+  return type(pool) == 'string' and (pool == p .. 'pool/city' or
+         (string.sub(pool, 1, #p + 8) == p .. 'pool/ev/' and is_id(string.sub(pool, #p + 9))))
+end
+
+--[[ Settings every round and claim call starts with, ARGV[1..8]: prefix ttl_s lease_ms
+max_offers offer_timeout_ms task_timeout_ms default_cap radius_max_m; KEYS[1] the due set,
+KEYS[2] the pool of the round's requests. ]]
+local NSET = 8
+
+local function settings(keys, args, ch)
+  local p = args[1]
+  local st = {p = p, now = now_ms(), ttl = int(args[2], 1, 1e9), lease = int(args[3], 1, 1e9),
+              max_offers = int(args[4], 1, 1000), timeout = int(args[5], 0, 1e12),
+              task_ms = int(args[6], 0, 1e12), cap0 = int(args[7], 1, 1000),
+              rmax = int(args[8], 1, 1e7), due = keys[1], pool = keys[2]}
+  ch.need(st.ttl and st.lease and st.max_offers and st.timeout and st.task_ms and st.cap0
+          and st.rmax, 'settings')
+  ch.need(keys[1] == p .. 'due' and pool_ok(keys[2], p), 'keys')
+  return st
+end
+
+-- A request's context within a round or a claim (as context() gives a single call).
+local function rcontext(st, rid)
+  return {p = st.p, rid = rid, now = st.now, ttl = st.ttl, lease = st.lease,
+          max_offers = st.max_offers, timeout = st.timeout, task_ms = st.task_ms,
+          want_rq = false, rmax = st.rmax, rkey = K.req(st.p, rid), due = st.due}
+end
+
+local function open_places(r) return math.max(r.needed - #r.held - #r.offers, 0) end
+
+--[[ A volunteer as the round sees them (read once per call): skills and languages as sets,
+their daily cap, their tasks in the last 24 h. nil when they have no record. ]]
+local function volunteer(st, cache, vid)
+  local v = cache[vid]
+  if v == nil then
+    local h = redis.call('HMGET', K.vol(st.p, vid), 'skills', 'languages', 'max_tasks')
+    if not h[1] and not h[2] then
+      v = false
+    else
+      local cap = tonumber(h[3]) or 0
+      if cap <= 0 then cap = st.cap0 end
+      v = {skills = set_of(split(h[1])), langs = set_of(split(h[2])), cap = cap,
+           tasks = redis.call('ZCOUNT', K.tasks(st.p, vid), '(' .. (st.now - DAY_MS), '+inf')}
+    end
+    cache[vid] = v
   end
-  if ch.err then return bad(ch) end
-  local skills, langs = split(args[13]), split(args[14])
-  local r = load(c)
-  advance(c, r)
-  local made = 0
-  if r.state == 'searching' or r.state == 'offered' then
-    local have = {}
-    for _, l in ipairs({r.held, r.offers, r.tried}) do for _, v in ipairs(l) do have[v] = true end end
-    for i = 15, #args - 1, 2 do
-      if r.needed - #r.held - #r.offers <= 0 or r.attempts >= c.max_offers * r.needed then break end
-      local vid = args[i]
-      local vkey = K.vol(c.p, vid)
-      local v = redis.call('HMGET', vkey, 'avail', 'task', 'pool', 'max_tasks', 'skills', 'languages')
-      local pos = nil
-      if not have[vid] and v[1] == '1' and (not v[2] or v[2] == '') and v[3] == pool then
-        pos = redis.call('GEOPOS', pool, vid)[1]
+  return v
+end
+
+--[[ The candidate edges of one request: its count nearest eligible volunteers in the round's
+pool (at least one per open place), searched from radius_start and doubling up to rmax, and
+every one within cover (a widened search: the daemon's solver asked to see that far); at most
+8 times as many are looked at.
+A rare skill is searched among those who have it (the smallest of the pool's skill sets). A
+widened search visits at most max_points points: a probe (ANY) comes first, and when the area
+holds more the nearest of those it saw are taken. The request's preferred volunteer and the
+one who last served its resident are added when they are eligible and in range.
+The cost of an edge is the distance, plus load_m per task in the last 24 h, less bonus_m for
+the preferred or last volunteer (never below 0): the search also widens until as many edges
+as the request has open places cost no more than the radius (nobody unseen can cost less).
+Returns edges {vid, dist, flag, cost, radius} (flag 1: preferred or last), the radius reached,
+the volunteers considered, the counts of those filtered out, whether more may lie beyond, and
+seen: every volunteer of the pool nearer than seen metres was considered (rmax when the
+whole range was), so any edge left out costs at least that. ]]
+local function gather(st, cache, q, r)
+  local open = open_places(r)
+  local ex = set_of(r.held)
+  for _, l in ipairs({r.offers, r.tried}) do for _, v in ipairs(l) do ex[v] = true end end
+  local key, best = st.pool, nil
+  for _, sk in ipairs(q.skills) do
+    local n = redis.call('ZCARD', st.pool .. '/s/' .. sk)
+    if best == nil or n < best then best, key = n, st.pool .. '/s/' .. sk end
+  end
+  local edges, seen, filtered = {}, {}, {}
+  local considered, radius, more, dense_seen = 0, math.min(q.start, q.rmax), 0, 0
+  local want = math.max(q.count, open) -- edges wanted: count, and one per open place at least
+  local limit = want * 8
+  -- Continuity: the preferred volunteer, and the one who last served the resident.
+  local last = nil
+  if q.resident ~= '' then last = redis.call('GET', st.p .. 'res/' .. q.resident) end
+  -- within: the edges whose cost is at most the radius searched (nobody unseen can cost less)
+  local within = 0
+  local found_at = 0 -- the radius of the search that found the volunteer
+  local function consider(vid, dist)
+    local flag = (vid == q.preferred or vid == last) and 1 or 0
+    if seen[vid] then return end
+    seen[vid] = true
+    local v = volunteer(st, cache, vid)
+    if not v then return end -- a pool entry without a record (swept meanwhile): nobody
+    considered = considered + 1
+    local why = nil
+    if ex[vid] then why = 'already_tried'
+    elseif not has_all(v.skills, q.skills) then why = 'skills'
+    elseif not has_any(v.langs, q.langs) then why = 'languages'
+    elseif v.tasks >= v.cap then why = 'fatigue'
+    else
+      local cost = dist + q.load_m * v.tasks - flag * q.bonus_m
+      if cost < 0 then cost = 0 end
+      edges[#edges + 1] = {vid, dist, v.tasks, flag, cost, found_at}
+    end
+    if why then filtered[why] = (filtered[why] or 0) + 1 end
+  end
+  local seen_m = 0
+  while true do
+    local found, dense = nil, false
+    if radius > q.start and q.maxpts > 0 then
+      local probe = redis.call('GEOSEARCH', key, 'FROMLONLAT', q.lon, q.lat, 'BYRADIUS', radius,
+                               'm', 'COUNT', q.maxpts, 'ANY', 'WITHDIST')
+      if #probe >= q.maxpts then
+        dense, dense_seen = true, 1
+        table.sort(probe, function(a, b)
+          local da, db = tonumber(a[2]), tonumber(b[2])
+          if da ~= db then return da < db end
+          return a[1] < b[1]
+        end)
+        found = probe
       end
-      if pos and distance(lat, lon, tonumber(pos[2]), tonumber(pos[1])) <= maxd + 1
-         and has_all(split(v[5]), skills) and has_any(split(v[6]), langs) then
-        local tkey = K.tasks(c.p, vid)
-        redis.call('ZREMRANGEBYSCORE', tkey, '-inf', c.now - DAY_MS)
-        local cap = tonumber(v[4]) or 0
-        if cap <= 0 then cap = cap0 end
-        if redis.call('ZCARD', tkey) < cap then
-          unpool(vkey, vid)
-          redis.call('HSET', vkey, 'task', c.rid)
-          redis.call('ZADD', tkey, c.now, c.rid)
-          redis.call('PEXPIRE', tkey, DAY_MS + 3600000)
-          r.attempts = r.attempts + 1
-          have[vid] = true
-          made = made + 1
-          local oid = 'of-' .. string.sub(redis.sha1hex(c.rid .. '/' .. vid), 1, 16)
-          local note = args[i + 1]
-          redis.call('HSET', c.rkey, 'd:' .. vid, note)
-          if c.timeout <= 0 then
-            r.held[#r.held + 1] = vid
-            redis.call('HSET', c.rkey, 't:' .. vid, c.now)
-            fact(c, r, 'confirmed|' .. vid .. '|' .. oid .. '|' .. r.attempts .. '|' .. note)
-          else
-            local deadline = c.now + c.timeout
-            if r.exp > 0 and r.exp < deadline then deadline = r.exp end
-            r.offers[#r.offers + 1] = vid
-            redis.call('HSET', c.rkey, 'o:' .. vid, oid .. '|' .. r.attempts .. '|' .. deadline)
-            fact(c, r, 'offered|' .. vid .. '|' .. oid .. '|' .. r.attempts .. '|' .. deadline .. '|' .. note)
-          end
+    end
+    if not found then
+      found = redis.call('GEOSEARCH', key, 'FROMLONLAT', q.lon, q.lat, 'BYRADIUS', radius, 'm',
+                         'ASC', 'COUNT', limit, 'WITHDIST')
+    end
+    found_at = radius
+    local all = true
+    for _, f in ipairs(found) do
+      local fd = tonumber(f[2])
+      if considered >= limit or (#edges >= want and fd > q.cover) then
+        all = false
+        if not dense then seen_m = fd end -- nearest first: everyone nearer was considered
+        break
+      end
+      consider(f[1], fd)
+      if not dense then seen_m = fd end
+    end
+    if all and not dense and #found < limit then seen_m = radius end
+    within = 0
+    for _, e in ipairs(edges) do if e[5] <= radius then within = within + 1 end end
+    -- Enough: count edges (the assignment needs alternatives: a request's nearest may serve
+    -- a neighbour better), of which as many as the request has open places cost no more than
+    -- the radius (whoever lies beyond costs more), and the cover reached. More may lie beyond
+    -- what was seen.
+    if (#edges >= want and within >= open and radius >= q.cover) or considered >= limit
+        or dense or radius >= q.rmax then
+      if seen_m >= q.rmax then seen_m = q.rmax end
+      more = seen_m < q.rmax and 1 or 0
+      break
+    end
+    radius = math.min(radius * 2, q.rmax)
+  end
+  -- Nobody with the rare skill in range: say how many without it were there (up to count).
+  if considered == 0 and key ~= st.pool then
+    local n = #redis.call('GEOSEARCH', st.pool, 'FROMLONLAT', q.lon, q.lat, 'BYRADIUS', radius,
+                          'm', 'COUNT', q.count, 'ANY')
+    if n > 0 then
+      considered = n
+      filtered.skills = n
+    end
+  end
+  -- The preferred and the last volunteer beyond the radius searched: an edge all the same.
+  for _, vid in ipairs({q.preferred, last or ''}) do
+    if vid ~= '' and not seen[vid] then
+      local pos = redis.call('GEOPOS', st.pool, vid)[1]
+      if pos then
+        local dist = distance(q.lat, q.lon, tonumber(pos[2]), tonumber(pos[1]))
+        if dist <= q.rmax then
+          found_at = q.rmax
+          consider(vid, math.floor(dist * 10000 + 0.5) / 10000)
         end
       end
     end
   end
-  local s = resolve(c, r)
-  local list = facts(c, r, nil)
-  finish_call(c, r)
-  return reply(c, r, 'ok', s, list, nil, tostring(made))
+  local flat = {}
+  for name, n in pairs(filtered) do
+    flat[#flat + 1] = name
+    flat[#flat + 1] = n
+  end
+  local out = {}
+  for _, e in ipairs(edges) do
+    out[#out + 1] = e[1]
+    out[#out + 1] = tostring(e[2])
+    out[#out + 1] = e[4]
+    out[#out + 1] = math.floor(e[5] + 0.5)
+    out[#out + 1] = e[6]
+  end
+  return out, radius, considered, flat, more, dense_seen, math.floor(seen_m)
 end
 
---[[ vd2_respond KEYS: req due  ARGV: common, vid offer_id accept|decline
+-- The fields of one request in a round call (see round()).
+local RFIELDS = 16
+
+--[[ vd3_round KEYS: due pool  ARGV: settings, radius_start count max_points load_cost_m
+continuity_bonus_m n, then n requests of RFIELDS: rid new lat lon rmax skills languages needed
+at_ms exp_ms time_ms rq need preferred resident cover (0, or the metres a widened search must
+cover).
+The first half of a matching round: for every request of one pool, at once, what the
+assignment needs. A new request (new = 1) is admitted as vd.request.created asks: its record
+(scheduled until at_ms, expired at once when exp_ms passed; need and rq kept), or 'replay'
+with its recorded facts, or 'resume', or 'stale' (older than the record's TTL and no record:
+nothing written). Every request that then has open places and offers left gets its candidate
+edges (gather()) and is held under a lease while the daemon solves and claims.
+Returns one entry per request: {tag, state, open, search, {facts}, radius, considered,
+{filtered name, count ...}, need, more, {edges: vid dist flag cost radius ...}, dense, seen,
+pool} (radius: the search's that found the volunteer; dense 1: the search was bounded by
+max_points; seen: every volunteer nearer was considered; pool: the volunteers in the pool). ]]
+local function round(keys, args)
+  local ch = checker()
+  local st = settings(keys, args, ch)
+  local start, count = int(args[NSET + 1], 1, 1e7), int(args[NSET + 2], 1, 1000)
+  local maxpts, load_m = int(args[NSET + 3], 0, 1e6), int(args[NSET + 4], 0, 1e6)
+  local bonus_m, n = int(args[NSET + 5], 0, 1e6), int(args[NSET + 6], 0, 100000)
+  ch.need(start and count and maxpts and load_m and bonus_m and n, 'round arguments')
+  ch.need(n and #args == NSET + 6 + n * RFIELDS, 'round list')
+  local qs = {}
+  for i = 1, (n or 0) do
+    local b = NSET + 6 + (i - 1) * RFIELDS
+    local q = {rid = args[b + 1], new = args[b + 2] == '1', lat = lat_ok(args[b + 3]),
+               lon = lon_ok(args[b + 4]), rmax = int(args[b + 5], 1, 1e7),
+               skills = split(args[b + 6]), langs = split(args[b + 7]),
+               needed = int(args[b + 8], 1, 10), at = int(args[b + 9], 0, 1e15),
+               exp = int(args[b + 10], 0, 1e15), time = int(args[b + 11], 0, 1e15),
+               rq = args[b + 12], need = int(args[b + 13], 0, 1e7), preferred = args[b + 14],
+               resident = args[b + 15], cover = int(args[b + 16], 0, 1e7), start = start,
+               count = count, maxpts = maxpts, load_m = load_m, bonus_m = bonus_m}
+    ch.need(is_id(q.rid), 'request_id')
+    ch.need(q.lat and q.lon and q.rmax, 'location/max_distance_m')
+    ch.need(is_ids(args[b + 6]) and is_ids(args[b + 7]), 'skills/languages')
+    ch.need(q.needed and q.at and q.exp and q.time and q.need and q.cover,
+            'needed/not_before/expires_at/time/need/cover')
+    ch.need(not q.new or (#q.rq > 0 and pcall(cjson.decode, q.rq)), 'rq')
+    ch.need(is_id_or_empty(q.preferred) and is_id_or_empty(q.resident), 'preferred/resident')
+    qs[i] = q
+  end
+  if ch.err then return bad(ch) end
+  local cache, out = {}, {}
+  for i, q in ipairs(qs) do
+    local c = rcontext(st, q.rid)
+    local r = load(c)
+    local tag = 'old'
+    if q.new then
+      tag = 'new'
+      if r.state == 'received' then
+        if q.time + c.ttl * 1000 < c.now then tag = 'stale' end
+      elseif r.state == 'searching' then
+        tag = 'resume'
+      else
+        tag = 'replay'
+      end
+    end
+    if tag == 'stale' then
+      out[i] = {'stale', 'received', 0, 0, {}, 0, 0, {}, 0, 0, {}, 0, 0}
+    else
+      if tag == 'new' then
+        r.needed, r.at, r.exp = q.needed, q.at, q.exp
+        redis.call('HSET', c.rkey, 'at', r.at, 'exp', r.exp, 'rq', q.rq, 'need', q.need)
+        if r.exp > 0 and c.now >= r.exp then
+          end_unmatched(c, r, lua_unmatched(c, 'expired'))
+        else
+          move(r, r.at > c.now and 'scheduled' or 'searching')
+        end
+      elseif q.new and redis.call('HEXISTS', c.rkey, 'rq') == 0 then
+        -- A record made before its request (a cancel that came first) learns what it asked for.
+        r.needed = q.needed
+        redis.call('HSET', c.rkey, 'rq', q.rq, 'need', q.need)
+      end
+      advance(c, r)
+      local s = resolve(c, r)
+      local list = facts(c, r, tag == 'replay' and ALL or nil)
+      local need = tonumber(redis.call('HGET', c.rkey, 'need')) or q.need
+      local edges, radius, considered, filtered, more, dense, seen = {}, 0, 0, {}, 0, 0, 0
+      if s == 1 then
+        edges, radius, considered, filtered, more, dense, seen = gather(st, cache, q, r)
+      end
+      finish_call(c, r)
+      out[i] = {tag, r.state, open_places(r), s, list, radius, considered, filtered, need, more,
+                edges, dense, seen}
+    end
+  end
+  -- The pool's size once this call's changes are made (advance() may return volunteers).
+  local pool_n = redis.call('ZCARD', st.pool)
+  for _, e in ipairs(out) do e[14] = pool_n end
+  return out
+end
+
+--[[ Offers the request, in the order given, to volunteers who are still what the search saw:
+in the request's own pool (city or its event), within max_distance_m of the request, with
+every skill it needs and one of its languages, under their daily cap and never tried for it,
+until no place is open. A search result gone stale (the volunteer moved, changed pool or
+skills) is skipped. Each offer holds the volunteer (out of every pool). With offer_timeout_ms
+0 the offer is confirmed at once (direct mode); else it waits for an answer until its
+deadline (never after expires_at). A note ("distance/radius/considered", as the search saw
+it) is kept with the offer (d:<vid>). Returns how many were offered. ]]
+local function offer_to(c, r, st, q, chosen)
+  local made = 0
+  if r.state ~= 'searching' and r.state ~= 'offered' then return 0 end
+  local have = {}
+  for _, l in ipairs({r.held, r.offers, r.tried}) do for _, v in ipairs(l) do have[v] = true end end
+  for _, pr in ipairs(chosen) do
+    if r.needed - #r.held - #r.offers <= 0 or r.attempts >= c.max_offers * r.needed then break end
+    local vid, note = pr[1], pr[2]
+    local vkey = K.vol(c.p, vid)
+    local v = redis.call('HMGET', vkey, 'avail', 'task', 'pool', 'max_tasks', 'skills', 'languages')
+    local pos = nil
+    if not have[vid] and v[1] == '1' and (not v[2] or v[2] == '') and v[3] == st.pool then
+      pos = redis.call('GEOPOS', st.pool, vid)[1]
+    end
+    if pos and distance(q.lat, q.lon, tonumber(pos[2]), tonumber(pos[1])) <= q.rmax + 1
+       and has_all(set_of(split(v[5])), q.skills) and has_any(set_of(split(v[6])), q.langs) then
+      local tkey = K.tasks(c.p, vid)
+      redis.call('ZREMRANGEBYSCORE', tkey, '-inf', c.now - DAY_MS)
+      local cap = tonumber(v[4]) or 0
+      if cap <= 0 then cap = st.cap0 end
+      if redis.call('ZCARD', tkey) < cap then
+        unpool(vkey, vid)
+        redis.call('HSET', vkey, 'task', c.rid)
+        redis.call('ZADD', tkey, c.now, c.rid)
+        redis.call('PEXPIRE', tkey, DAY_MS + 3600000)
+        r.attempts = r.attempts + 1
+        have[vid] = true
+        made = made + 1
+        local oid = 'of-' .. string.sub(redis.sha1hex(c.rid .. '/' .. vid), 1, 16)
+        redis.call('HSET', c.rkey, 'd:' .. vid, note)
+        if c.timeout <= 0 then
+          r.held[#r.held + 1] = vid
+          redis.call('HSET', c.rkey, 't:' .. vid, c.now)
+          fact(c, r, 'confirmed|' .. vid .. '|' .. oid .. '|' .. r.attempts .. '|' .. note)
+        else
+          local deadline = c.now + c.timeout
+          if r.exp > 0 and r.exp < deadline then deadline = r.exp end
+          r.offers[#r.offers + 1] = vid
+          redis.call('HSET', c.rkey, 'o:' .. vid, oid .. '|' .. r.attempts .. '|' .. deadline)
+          fact(c, r, 'offered|' .. vid .. '|' .. oid .. '|' .. r.attempts .. '|' .. deadline .. '|' .. note)
+        end
+      end
+    end
+  end
+  return made
+end
+
+--[[ The daemon found nobody (more) to offer: the request ends unmatched with the outcome
+document it built (volunteers_missing is set here; a request that had offers declined or
+timed out ends all_declined), unless offers are still outstanding: then it waits for their
+answers. ]]
+local function finish_unmatched(c, r, doc)
+  if ACTIVE[r.state] and #r.offers == 0 then
+    if #r.tried > 0 then doc.reason = 'all_declined' end
+    end_unmatched(c, r, doc)
+  end
+end
+
+--[[ vd3_claim KEYS: due pool  ARGV: settings, n, then n blocks: rid lat lon rmax skills
+languages kind count, and count "vid note" pairs (kind 'offer') or one outcome document
+(kind 'finish', count 1).
+The second half of a matching round: the assignment the daemon solved, applied request by
+request, each pair re-checked atomically (offer_to()); a request whose chosen volunteers
+were taken meanwhile keeps its places open and says so (search 1): it joins the next round.
+Returns one entry per request: {tag, state, open, search, {facts}, made} (tag 'wait', search
+0, when a finished request still waits for answers to its offers). ]]
+local function claim(keys, args)
+  local ch = checker()
+  local st = settings(keys, args, ch)
+  local n = int(args[NSET + 1], 0, 100000)
+  ch.need(n, 'claim count')
+  local qs, i = {}, NSET + 2
+  for _ = 1, (n or 0) do
+    local q = {rid = args[i], lat = lat_ok(args[i + 1]), lon = lon_ok(args[i + 2]),
+               rmax = real(args[i + 3], 1, 1e8), skills = split(args[i + 4]),
+               langs = split(args[i + 5]), kind = args[i + 6]}
+    local cnt = int(args[i + 7], 0, 1000)
+    ch.need(is_id(q.rid), 'request_id')
+    ch.need(q.lat and q.lon and q.rmax, 'location/max_distance_m')
+    ch.need(is_ids(args[i + 4]) and is_ids(args[i + 5]), 'skills/languages')
+    ch.need((q.kind == 'offer' or q.kind == 'finish') and cnt, 'claim kind')
+    if ch.err then return bad(ch) end
+    i = i + 8
+    if q.kind == 'offer' then
+      q.pairs = {}
+      for _ = 1, cnt do
+        ch.need(is_id(args[i]), 'volunteer_id')
+        ch.need(type(args[i + 1]) == 'string' and string.find(args[i + 1], '^[0-9.]+/[0-9]+/[0-9]+$'),
+                'note')
+        q.pairs[#q.pairs + 1] = {args[i], args[i + 1]}
+        i = i + 2
+      end
+    else
+      local ok, doc = pcall(cjson.decode, args[i] or '')
+      ch.need(cnt == 1 and ok and type(doc) == 'table' and type(doc.reason) == 'string',
+              'outcome document')
+      q.doc = doc
+      i = i + 1
+    end
+    qs[#qs + 1] = q
+  end
+  ch.need(i == #args + 1, 'claim list')
+  if ch.err then return bad(ch) end
+  local out = {}
+  for k, q in ipairs(qs) do
+    local c = rcontext(st, q.rid)
+    local r = load(c)
+    if r.state == 'received' then
+      out[k] = {'gone', 'received', 0, 0, {}, 0}
+    else
+      advance(c, r)
+      local made, tag = 0, 'ok'
+      if q.kind == 'offer' then
+        made = offer_to(c, r, st, q, q.pairs)
+      elseif ACTIVE[r.state] then
+        finish_unmatched(c, r, q.doc)
+        if ACTIVE[r.state] then
+          tag = 'wait'
+          if open_places(r) > 0 then
+            -- Nobody more to offer while offers are out: a volunteer who comes near later
+            -- makes it due (nudge()).
+            r.w = st.pool .. '/open'
+            redis.call('GEOADD', r.w, q.lon, q.lat, c.rid)
+            redis.call('HSET', c.rkey, 'w', r.w)
+          end
+        end
+      end
+      local s = resolve(c, r)
+      if tag == 'wait' then
+        -- No search now: an answer, a deadline or a volunteer coming near reopens it.
+        s, r.busy = 0, nil
+      end
+      local list = facts(c, r, nil)
+      finish_call(c, r)
+      out[k] = {tag, r.state, open_places(r), s, list, made}
+    end
+  end
+  return out
+end
+
+--[[ vd3_respond KEYS: req due  ARGV: common, vid offer_id accept|decline
 The volunteer's answer to an offer. Accepted: confirmed. Declined: released, never offered
 this request again, and a search for the next one is due. An answer to no outstanding offer
 (wrong offer_id, another volunteer, past its deadline, already answered, an ended request)
@@ -771,7 +1025,7 @@ changes nothing: tag 'ignored', extra says why. ]]
 local function respond(keys, args)
   local ch = checker()
   local c = context(keys, args, ch)
-  local vid, oid, kind = args[9], args[10], args[11]
+  local vid, oid, kind = args[10], args[11], args[12]
   ch.need(is_id(vid) and is_id(oid), 'volunteer_id/offer_id')
   ch.need(kind == 'accept' or kind == 'decline', 'answer')
   if ch.err then return bad(ch) end
@@ -811,7 +1065,7 @@ local function respond(keys, args)
   return reply(c, r, why and 'ignored' or 'ok', s, list, nil, why or '')
 end
 
---[[ vd2_tick KEYS: req due  ARGV: common
+--[[ vd3_tick KEYS: req due  ARGV: common
 Run for a request taken from the due set: applies what time did (start, expiry, offer
 timeouts, task timeouts) and returns what is left to publish and whether to search. ]]
 local function tick(keys, args)
@@ -830,32 +1084,7 @@ local function tick(keys, args)
   return reply(c, r, 'ok', s, list, nil)
 end
 
---[[ vd2_finish KEYS: req due  ARGV: common, unmatched_json
-The daemon found nobody more to offer: the request ends unmatched with the outcome document
-it built (volunteers_missing is set here; a request that had offers declined or timed out
-ends all_declined), unless offers are still outstanding: then it waits for their answers. ]]
-local function finish(keys, args)
-  local ch = checker()
-  local c = context(keys, args, ch)
-  local ok, doc = pcall(cjson.decode, args[9] or '')
-  ch.need(ok and type(doc) == 'table' and type(doc.reason) == 'string', 'outcome document')
-  if ch.err then return bad(ch) end
-  local r = load(c)
-  if r.state == 'received' then return reply(c, r, 'gone', 0, {}) end
-  if r.state ~= 'searching' and r.state ~= 'offered' then
-    return reply(c, r, 'replay', 0, facts(c, r, ALL))
-  end
-  advance(c, r)
-  if ACTIVE[r.state] and #r.offers == 0 then
-    if #r.tried > 0 then doc.reason = 'all_declined' end
-    end_unmatched(c, r, doc)
-  end
-  local list = facts(c, r, nil)
-  finish_call(c, r)
-  return reply(c, r, ACTIVE[r.state] and 'wait' or 'ok', 0, list, nil)
-end
-
---[[ vd2_cancel KEYS: req due  ARGV: common
+--[[ vd3_cancel KEYS: req due  ARGV: common
 Cancels a request and releases every volunteer it holds or has an offer out to, back to their
 pool; a released assignment no longer counts toward the volunteer's daily cap. Facts:
 cancelled|vid per volunteer released, or one cancelled| when nobody was. A cancel that arrives
@@ -890,7 +1119,7 @@ local function cancel(keys, args)
   return reply(c, r, 'ok', 0, list)
 end
 
---[[ vd2_complete KEYS: req due  ARGV: common, vid
+--[[ vd3_complete KEYS: req due  ARGV: common, vid continuity_s
 A volunteer finished their task: they return to the pool (if still available); fact
 completed|vid|all, all = 1 once every volunteer the request held has finished, and the request
 is then 'completed'. A completion seen again answers 'replay' with the completion facts; one
@@ -900,8 +1129,9 @@ record expired (request_ttl_s) the volunteer's own task is trusted: they are fre
 local function complete(keys, args)
   local ch = checker()
   local c = context(keys, args, ch)
-  local vid = args[9]
+  local vid, memory = args[10], int(args[11], 1, 1e9)
   ch.need(is_id(vid), 'volunteer_id')
+  ch.need(memory, 'continuity_s')
   if ch.err then return bad(ch) end
   local vkey = K.vol(c.p, vid)
   local r = load(c)
@@ -910,7 +1140,7 @@ local function complete(keys, args)
       return reply(c, r, 'ignored', 0, {}, nil, 'unknown request')
     end
     redis.call('HSET', vkey, 'task', '')
-    repool(c.p, vkey, vid)
+    repool(c.p, vkey, vid, c.rmax)
     return reply(c, r, 'gone', 0, {})
   end
   local how = redis.call('HGET', c.rkey, 'c:' .. vid)
@@ -923,7 +1153,10 @@ local function complete(keys, args)
     return reply(c, r, 'ignored', 0, {}, nil, 'the volunteer does not hold this request')
   end
   redis.call('HSET', vkey, 'task', '')
-  repool(c.p, vkey, vid)
+  repool(c.p, vkey, vid, c.rmax)
+  -- Continuity: the resident's next request prefers who served them.
+  local resident = request_data(c).resident_id
+  if is_id(resident) then redis.call('SET', c.p .. 'res/' .. resident, vid, 'EX', memory) end
   r.done[#r.done + 1] = vid
   local all = #r.done >= #r.held and r.state == 'confirmed'
   redis.call('HSET', c.rkey, 'c:' .. vid, all and 'all' or 'part')
@@ -934,7 +1167,7 @@ local function complete(keys, args)
   return reply(c, r, 'ok', 0, list)
 end
 
---[[ vd2_settle KEYS: due req...  ARGV: prefix lease_ms task_timeout_ms rid seq rid seq ...
+--[[ vd3_settle KEYS: due req...  ARGV: prefix lease_ms task_timeout_ms rid seq rid seq ...
 The facts up to seq of each request reached Kafka: they are not published again, and the
 request's due time drops back to its next deadline (or it leaves the due set). ]]
 local function settle(keys, args)
@@ -968,7 +1201,7 @@ local function settle(keys, args)
   return #keys - 1
 end
 
---[[ vd2_due KEYS: due  ARGV: prefix lease_ms limit
+--[[ vd3_due KEYS: due  ARGV: prefix lease_ms limit
 Takes up to limit requests whose due time has come, and moves each a lease ahead: two
 instances never take the same request at once, and one that dies holding it only delays it
 by the lease. ]]
@@ -983,18 +1216,16 @@ local function due(keys, args)
   return rids
 end
 
-redis.register_function('vd2_vol_available', vol_available)
-redis.register_function('vd2_vol_location', vol_location)
-redis.register_function('vd2_vol_unavailable', vol_unavailable)
-redis.register_function('vd2_sweep', sweep)
-redis.register_function('vd2_probe', probe)
-redis.register_function{function_name = 'vd2_search', callback = search, flags = {'no-writes'}}
-redis.register_function('vd2_admit', admit)
-redis.register_function('vd2_offer', offer)
-redis.register_function('vd2_respond', respond)
-redis.register_function('vd2_tick', tick)
-redis.register_function('vd2_finish', finish)
-redis.register_function('vd2_settle', settle)
-redis.register_function('vd2_due', due)
-redis.register_function('vd2_cancel', cancel)
-redis.register_function('vd2_complete', complete)
+redis.register_function('vd3_vol_available', vol_available)
+redis.register_function('vd3_vol_location', vol_location)
+redis.register_function('vd3_vol_unavailable', vol_unavailable)
+redis.register_function('vd3_sweep', sweep)
+redis.register_function('vd3_probe', probe)
+redis.register_function('vd3_round', round)
+redis.register_function('vd3_claim', claim)
+redis.register_function('vd3_respond', respond)
+redis.register_function('vd3_tick', tick)
+redis.register_function('vd3_settle', settle)
+redis.register_function('vd3_due', due)
+redis.register_function('vd3_cancel', cancel)
+redis.register_function('vd3_complete', complete)

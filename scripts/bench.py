@@ -70,7 +70,7 @@ LIB_VERSION = _library_version()
 
 
 def fn(name):
-    """The name of one of the library's functions: fn("offer") is "vd<N>_offer"."""
+    """The name of one of the library's functions: fn("claim") is "vd<N>_claim"."""
     return "vd%d_%s" % (LIB_VERSION, name)
 
 
@@ -375,10 +375,10 @@ def volunteer_fcall(prefix, value):
         return ("FCALL", fn("vol_available"), 2) + keys + (
             prefix, vid, "%.7f" % d["location"]["lat"], "%.7f" % d["location"]["lon"],
             ",".join(d.get("skills", [])), ",".join(d.get("languages", [])),
-            d.get("max_tasks_per_day", 0), d.get("team", ""), d.get("event_id", ""))
+            d.get("max_tasks_per_day", 0), d.get("team", ""), d.get("event_id", ""), RADIUS_MAX_M)
     if e["type"] == "vd.volunteer.location":
         return ("FCALL", fn("vol_location"), 2) + keys + (
-            prefix, vid, "%.7f" % d["location"]["lat"], "%.7f" % d["location"]["lon"])
+            prefix, vid, "%.7f" % d["location"]["lat"], "%.7f" % d["location"]["lon"], RADIUS_MAX_M)
     return ("FCALL", fn("vol_unavailable"), 2) + keys + (prefix, vid)
 
 
@@ -510,14 +510,22 @@ class PyMatcher:
                "candidates_considered": considered, "filtered": dict(filtered),
                "volunteers_needed": q.needed, "volunteers_missing": q.needed - held,
                "service": q.service, "priority": q.priority}
-        r = self.c.call("FCALL", fn("finish"), 2, rkey, self.p + "due", *self._common(q),
-                        json.dumps(doc, sort_keys=True, separators=(",", ":")))
+        pool = self.p + ("pool/ev/" + q.event_id if q.event_id else "pool/city")
+        r = self.c.call("FCALL", fn("claim"), 2, self.p + "due", pool, *self._settings(), 1,
+                        *self._block(q), "finish", 1,
+                        json.dumps(doc, sort_keys=True, separators=(",", ":")))[0]
         state = r[1]
         self.outcomes["unmatched:" + reason if state in ("unmatched", "expired") else state] += 1
 
-    def _common(self, q):
-        """The ARGV every request Function starts with (direct mode: offer_timeout_ms 0)."""
-        return (self.p, q.rid, REQUEST_TTL_S, 5000, MAX_OFFERS, 0, TASK_TIMEOUT_MS, 0)
+    def _settings(self):
+        """The settings vd<N>_claim starts with (direct mode: offer_timeout_ms 0)."""
+        return (self.p, REQUEST_TTL_S, 5000, MAX_OFFERS, 0, TASK_TIMEOUT_MS, MAX_TASKS_PER_DAY,
+                RADIUS_MAX_M)
+
+    def _block(self, q):
+        """A request's block in a claim call, up to its kind."""
+        return (q.rid, "%.7f" % q.lat, "%.7f" % q.lon, min(q.max_distance or RADIUS_MAX_M, RADIUS_MAX_M),
+                ",".join(q.skills), ",".join(q.languages))
 
     def match(self, q):
         c, p = self.c, self.p
@@ -599,9 +607,8 @@ class PyMatcher:
                 argv = []
                 for _, vid, dist in cands[:MAX_CLAIM]:
                     argv += [vid, "%.1f/%d/%d" % (dist, radius, considered)]
-                r = c.call("FCALL", fn("offer"), 3, rkey, p + "due", pool, *self._common(q),
-                           MAX_TASKS_PER_DAY, "%.7f" % q.lat, "%.7f" % q.lon, rmax,
-                           ",".join(q.skills), ",".join(q.languages), *argv)
+                r = c.call("FCALL", fn("claim"), 2, p + "due", pool, *self._settings(), 1,
+                           *self._block(q), "offer", len(argv) // 2, *argv)[0]
                 seen = max(seen - min(len(cands), MAX_CLAIM), 0)
                 cands = []
                 held = q.needed - int(r[2])

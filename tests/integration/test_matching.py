@@ -337,7 +337,7 @@ def test_happy_path_hundreds():
 # 2. Nearest wins; the radius widens
 
 def test_nearest_and_widening():
-    """Nearest of 100/300/900 m wins at radius 500 (2 considered); a volunteer at 3 km is found
+    """Nearest of 100/300/900 m wins, found at radius 500 (3 considered); a volunteer at 3 km is found
     at radius 4000 (500->1000->2000->4000); nobody within 5 km: unmatched
     no_volunteer_in_range at radius 5000 with a coordinator notification; max_distance_m 1500
     with a volunteer at 2 km: unmatched at radius 1500; max_distance_m 2500 and one at 1.8 km:
@@ -365,8 +365,9 @@ def test_nearest_and_widening():
         ])
         got = wait_outcomes(env, {r: 1 for r in ("nw-near", "nw-widen", "nw-none", "nw-maxd",
                                                  "nw-maxd-ok", "nw-maxd-wide")})
+        # The round weighs the request's 8 nearest (all three in range): nw-100 found at 500 m.
         d = expect_confirmed(got, "nw-near", "nw-100", radius_m=500, distance_m=100.0,
-                             candidates_considered=2, priority="urgent", service="home_visit")
+                             candidates_considered=3, priority="urgent", service="home_visit")
         oid = d["offer_id"]
         expect_confirmed(got, "nw-widen", "nw-3k", radius_m=4000, distance_m=3000.0,
                          candidates_considered=1)
