@@ -463,6 +463,88 @@ def gen_requests(b, n, stations, n_bad, n_dup):
     return msgs, stats
 
 
+# Large events, as the Hohhot press describes them: {kind: (event_id, venue, volunteers, spread of
+# the volunteers' posts in m, incidents, minutes)}. The incidents of a concert come in surges
+# (the doors opening, the interval, the way out).
+EVENT_KINDS = {
+    "concert": ("concert-phoenix-legend", EVENTS["concert-phoenix-legend"][:2], 600, 350, 2000, 3.0),
+    "expo": ("expo-museum-10th", EVENTS["expo-museum-10th"][:2], 140, 150, 300, 3.0),
+}
+
+# Incidents at an event: (service, share, priority, required skills, vulnerability?, needs 2).
+INCIDENTS = [
+    ("first_aid", 0.08, "urgent", ["first_aid"], True, 0.0),  # someone fainted, a fall
+    ("lost_person", 0.12, "high", [], False, 0.0),  # a lost child, a confused elder
+    ("accessibility", 0.15, "high", [], True, 0.35),  # a wheelchair user to their seat
+    ("crowd_guidance", 0.45, "normal", [], False, 0.1),
+    ("information", 0.20, "low", [], False, 0.0),
+]
+
+
+def gen_event(b, kind, n_vol=None, n_inc=None, minutes=None):
+    """An event's volunteers (all in its pool) and incidents over minutes, in surges. Returns
+    (volunteer messages, incident messages with their offset in seconds, stats)."""
+    rng = b.rng
+    eid, (elat, elon), dv, spread, di, dm = EVENT_KINDS[kind]
+    n_vol, n_inc, minutes = n_vol or dv, n_inc or di, minutes or dm
+    vols = []
+    for i in range(n_vol):
+        lat, lon = jitter(rng, elat, elon, spread, clip_m=2.5 * spread)
+        skills = ["guide"] + (["first_aid"] if rng.random() < 0.2 else [])
+        langs = ["zh"] + (["mn"] if rng.random() < 0.2 else []) + (["en"] if rng.random() < 0.15 else [])
+        vid = f"ev-{kind}-{i:04d}"
+        data = {"volunteer_id": vid, "location": loc(lat, lon), "skills": skills,
+                "languages": langs, "team": "students-" + kind, "event_id": eid}
+        vols.append((vid, b.event("vd.volunteer.available", "/hohhot/volunteer-app", b.start, data)))
+    # Surges: most incidents come around three moments of the event.
+    total = minutes * 60.0
+    surges = [0.1 * total, 0.5 * total, 0.9 * total]
+    incs, stats = [], {"priorities": {}, "services": {}}
+    for i in range(n_inc):
+        at = min(max(rng.gauss(rng.choice(surges), total * 0.08), 0.0), total)
+        if rng.random() < 0.3:
+            at = rng.uniform(0, total)
+        svc, _, prio, skills, vul, p2 = weighted(rng, INCIDENTS, [k[1] for k in INCIDENTS])
+        lat, lon = jitter(rng, elat, elon, spread * 0.8, clip_m=2.5 * spread)
+        rid = f"inc-{kind}-{i:05d}"
+        data = {"request_id": rid, "location": loc(lat, lon), "service": svc, "priority": prio,
+                "event_id": eid}
+        if skills:
+            data["skills"] = skills
+        if vul:
+            data["vulnerability"] = {"age": rng.randint(8, 92), "lives_alone": False,
+                                     "low_income": rng.random() < 0.2, "disability": svc == "accessibility"}
+        if rng.random() < p2:
+            data["volunteers_needed"] = 2
+        when = b.start + timedelta(seconds=at)
+        incs.append((at, rid, b.event("vd.request.created", "/hohhot/events/" + eid, when, data)))
+        stats["priorities"][prio] = stats["priorities"].get(prio, 0) + 1
+        stats["services"][svc] = stats["services"].get(svc, 0) + 1
+    incs.sort(key=lambda x: (x[0], x[1]))
+    stats.update(event_id=eid, volunteers=n_vol, incidents=n_inc, minutes=minutes)
+    return vols, incs, stats
+
+
+def main_event(a):
+    start = parse_start(a.start)
+    b = Builder(a.seed, start)
+    vols, incs, stats = gen_event(b, a.event, a.volunteers, a.requests, a.minutes)
+    os.makedirs(a.out, exist_ok=True)
+    with open(os.path.join(a.out, "volunteers.bin"), "wb") as f:
+        for key, value in vols:
+            f.write(frame(key, value))
+    with open(os.path.join(a.out, "requests.bin"), "wb") as f:
+        for _, key, value in incs:
+            f.write(frame(key, value))
+    summary = {"seed": a.seed, "start": rfc3339(start), "event": a.event, "volunteers": len(vols),
+               "volunteer_messages": len(vols), "pools": {"ev/" + stats["event_id"]: len(vols)},
+               "requests": len(incs), "request_messages": len(incs),
+               "request_offsets_s": [round(at, 3) for at, _, _ in incs], "request_stats": stats}
+    with open(os.path.join(a.out, "scenario.json"), "w") as f:
+        json.dump(summary, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
 def main():
     ap = argparse.ArgumentParser(
         description="Generate a deterministic Hohhot volunteer-dispatch scenario (framed for vd-produce).")
@@ -474,7 +556,18 @@ def main():
     ap.add_argument("--bad", type=int, default=6, help="malformed request messages, 0..6 (default 6)")
     ap.add_argument("--duplicates", type=int, default=5, help="re-sent request events (default 5)")
     ap.add_argument("--out", required=True, help="output directory (created if missing)")
+    ap.add_argument("--event", choices=sorted(EVENT_KINDS),
+                    help="a large event instead of the city: its volunteers (all in its pool, default "
+                         "600 for the concert, 140 for the expo) and incidents (2000 / 300) over "
+                         "--minutes; --volunteers and --requests override the sizes")
+    ap.add_argument("--minutes", type=float, default=None, help="the event's length (default 3)")
     a = ap.parse_args()
+    if a.event:
+        if "--volunteers" not in sys.argv:
+            a.volunteers = None
+        if "--requests" not in sys.argv:
+            a.requests = None
+        return main_event(a)
     if a.volunteers < 100:
         ap.error("--volunteers must be at least 100")
     if a.requests < 4:

@@ -111,13 +111,16 @@ def analyse(req_recs, asg_recs, dl_recs, scenario=None):
             continue
         needed = d.get("volunteers_needed", 1)
         requests[rid] = {"ts": rec.get("ts"), "needed": needed if isinstance(needed, int) else 1,
-                         "service": str(d.get("service", "?"))}
+                         "service": str(d.get("service", "?")),
+                         "priority": str(d.get("priority", "normal"))}
 
     # Outcomes, in message-timestamp order.
     confirmed = {}  # rid -> {vid: distance}
     unmatched = {}  # rid -> data of the first unmatched
     resolved_ts = {}  # rid -> ts of the message that completed the outcome
     vol_requests = {}  # vid -> set of rids
+    # When each volunteer was held and freed (the events' own times): (vid, rid) -> [from, to].
+    held = {}
     conflicts = set()
     out_msgs = 0
     other_types = {}
@@ -130,6 +133,13 @@ def analyse(req_recs, asg_recs, dl_recs, scenario=None):
         t, d = e.get("type"), e.get("data") or {}
         rid = d.get("request_id")
         out_msgs += 1
+        vid = d.get("volunteer_id")
+        if vid and t in ("vd.assignment.confirmed", "vd.assignment.offered"):
+            span = held.setdefault((vid, rid), [e.get("time"), None])
+            span[0] = min(span[0], e.get("time") or span[0])
+        elif vid and t in ("vd.request.completed", "vd.request.cancelled", "vd.assignment.released",
+                           "vd.assignment.withdrawn") and (vid, rid) in held:
+            held[(vid, rid)][1] = e.get("time")
         if t == "vd.assignment.confirmed":
             vid, dist = d.get("volunteer_id"), d.get("distance_m")
             c = confirmed.setdefault(rid, {})
@@ -174,6 +184,27 @@ def analyse(req_recs, asg_recs, dl_recs, scenario=None):
     lat = [resolved_ts[rid] - requests[rid]["ts"] for rid in resolved_ts
            if isinstance(resolved_ts[rid], int) and isinstance(requests[rid]["ts"], int)]
 
+    # A volunteer held by two requests at once: a hold that began before the previous one ended
+    # (the events' RFC 3339 times, all written by the daemons in UTC, compare as text).
+    twice = set()
+    spans = {}
+    for (vid, rid), (t0, t1) in held.items():
+        spans.setdefault(vid, []).append((t0 or "", t1 or "~"))
+    for vid, ss in spans.items():
+        ss.sort()
+        for (a0, a1), (b0, b1) in zip(ss, ss[1:]):
+            if b0 < a1:
+                twice.add(vid)
+
+    by_priority = {}
+    for rid, r in requests.items():
+        p = by_priority.setdefault(r["priority"], {"requests": 0, "fully_confirmed": 0, "unmatched": 0})
+        p["requests"] += 1
+        if rid in unmatched:
+            p["unmatched"] += 1
+        elif len(confirmed.get(rid, {})) >= r["needed"]:
+            p["fully_confirmed"] += 1
+
     by_service = {}
     for rid, r in requests.items():
         s = by_service.setdefault(r["service"], {"requests": 0, "fully_confirmed": 0, "unmatched": 0,
@@ -211,6 +242,8 @@ def analyse(req_recs, asg_recs, dl_recs, scenario=None):
         "outcomes_for_unknown_requests": len((set(confirmed) | set(unmatched)) - set(requests)),
         "requests_with_conflicting_outcomes": len(conflicts),
         "volunteers_assigned_to_several_requests": sum(1 for s in vol_requests.values() if len(s) > 1),
+        "volunteers_held_twice_at_once": len(twice),
+        "by_priority": {k: by_priority[k] for k in ("urgent", "high", "normal", "low") if k in by_priority},
         "by_service": {k: {"requests": v["requests"], "fully_confirmed": v["fully_confirmed"],
                            "unmatched": v["unmatched"],
                            "mean_distance_m": rnd(sum(v["distances"]) / len(v["distances"]))
@@ -275,7 +308,8 @@ def print_table(r):
     rows += [
         ("conflicting outcomes", fmt(r["requests_with_conflicting_outcomes"]), "(must be 0)"),
         ("volunteers on >1 request", fmt(r["volunteers_assigned_to_several_requests"]),
-         "(0 unless tasks were completed in between)"),
+         "(one after the other: their tasks completed in between)"),
+        ("volunteers held twice at once", fmt(r["volunteers_held_twice_at_once"]), "(must be 0)"),
     ]
     w0 = max(len(x[0]) for x in rows)
     w1 = max(len(x[1]) for x in rows)
@@ -291,6 +325,13 @@ def print_table(r):
         for name, c in checks.items():
             ok = "ok" if c["got"] == c["expected"] else "MISMATCH"
             print(f"  {name:<{w}}  {c['got']:>5}/{c['expected']:<5}  {ok}")
+        print()
+    prio = r["by_priority"]
+    if prio:
+        print(f"{'priority':<8}  {'requests':>8}  {'confirmed':>9}  {'unmatched':>9}  {'served':>6}")
+        for k, v in prio.items():
+            print(f"{k:<8}  {v['requests']:>8}  {v['fully_confirmed']:>9}  {v['unmatched']:>9}  "
+                  f"{100.0 * v['fully_confirmed'] / v['requests']:>5.1f}%")
         print()
     svc = r["by_service"]
     if svc:

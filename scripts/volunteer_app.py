@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
-"""The volunteers' phones, for the demo in offer mode: follows vd.assignments and answers each
+"""The volunteers' phones, for the demo: follows vd.assignments and answers each
 vd.assignment.offered on vd.responses after a human-like pause -- accept, decline, or no answer
 at all (the offer then times out) -- with a seeded choice per (request, volunteer), so a run
-can be repeated. Stops on SIGTERM/SIGINT and writes what it did as JSON (--stats).
+can be repeated. With --complete MIN:MAX it also reports each confirmed task done
+(vd.task.completed) after that many seconds, so volunteers serve again (the demo's events).
+Stops on SIGTERM/SIGINT and writes what it did as JSON (--stats).
 
     volunteer_app.py --brokers HOST:PORT --produce build/vd-produce --stats app.json
-                     [--seed 1] [--accept 0.8] [--decline 0.1] [--pause 0.5:4]
+                     [--seed 1] [--accept 0.8] [--decline 0.1] [--pause 0.5:4] [--complete 2:6]
 """
 
 import argparse
@@ -37,12 +39,14 @@ def frame(key, value):
 
 def answer(kind, rid, vid, offer_id):
     now = datetime.now(timezone.utc)
+    data = {"request_id": rid, "volunteer_id": vid}
+    if offer_id:
+        data["offer_id"] = offer_id
     return json.dumps({
         "specversion": "1.0", "type": kind, "source": "/hohhot/volunteer-app",
         "id": str(uuid.uuid4()), "time": now.strftime("%Y-%m-%dT%H:%M:%S.") +
         "%03dZ" % (now.microsecond // 1000), "datacontenttype": "application/json",
-        "data": {"request_id": rid, "volunteer_id": vid, "offer_id": offer_id}},
-        separators=(",", ":"))
+        "data": data}, separators=(",", ":"))
 
 
 def main():
@@ -54,10 +58,12 @@ def main():
     ap.add_argument("--accept", type=float, default=0.8)
     ap.add_argument("--decline", type=float, default=0.1)
     ap.add_argument("--pause", default="0.5:4", help="answer after MIN:MAX seconds")
+    ap.add_argument("--complete", help="report confirmed tasks done after MIN:MAX seconds")
     ap.add_argument("--assignments", default="vd.assignments")
     ap.add_argument("--responses", default="vd.responses")
     a = ap.parse_args()
     lo, hi = (float(x) for x in a.pause.split(":"))
+    done_lo, done_hi = (float(x) for x in a.complete.split(":")) if a.complete else (0, 0)
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
@@ -65,7 +71,7 @@ def main():
                                "-u", "-q", "-f", "%s\n"], stdout=subprocess.PIPE,
                               stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
     seen, due = set(), []  # due: heap of (when, n, kind, rid, vid, offer_id)
-    counts = {"offers": 0, "accepted": 0, "declined": 0, "silent": 0}
+    counts = {"offers": 0, "accepted": 0, "declined": 0, "silent": 0, "completed": 0}
     buf = b""
     n = 0
     while not stop:
@@ -81,7 +87,17 @@ def main():
                     e = json.loads(line)
                 except ValueError:
                     continue
-                if e.get("type") != "vd.assignment.offered" or e.get("id") in seen:
+                if e.get("id") in seen:
+                    continue
+                if e.get("type") == "vd.assignment.confirmed" and a.complete:
+                    seen.add(e["id"])
+                    d = e["data"]
+                    rng = random.Random("%d/done/%s/%s" % (a.seed, d["request_id"], d["volunteer_id"]))
+                    n += 1
+                    heapq.heappush(due, (time.time() + rng.uniform(done_lo, done_hi), n,
+                                         "vd.task.completed", d["request_id"], d["volunteer_id"], ""))
+                    continue
+                if e.get("type") != "vd.assignment.offered":
                     continue
                 seen.add(e["id"])
                 d = e["data"]
@@ -100,7 +116,8 @@ def main():
         while due and due[0][0] <= time.time():
             _, _, kind, rid, vid, oid = heapq.heappop(due)
             batch.append(frame(rid, answer(kind, rid, vid, oid)))
-            counts["accepted" if kind == "vd.offer.accepted" else "declined"] += 1
+            counts["accepted" if kind == "vd.offer.accepted" else
+                   "completed" if kind == "vd.task.completed" else "declined"] += 1
         if batch:
             p = subprocess.run([a.produce, "-b", a.brokers, "-t", a.responses], input=b"".join(batch),
                                capture_output=True)
