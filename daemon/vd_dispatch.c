@@ -20,6 +20,7 @@
 #include "vd_dispatch.h"
 
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -305,17 +306,14 @@ static int same_key(const struct vd_job *a, const struct vd_job *b) {
  * still waits ahead of it: one key's events are applied in offset order. */
 static int blocked(const struct vd_part *p, const struct vd_job *j, struct vd_job *const *skipped,
                    size_t nskipped) {
-    for (const struct vd_job *r = p->running; r; r = r->rnext)
-        if (same_key(r, j)) return 1;
+    if (j->key[0] && vd_index_find(&p->running, j->key)) return 1;
     for (size_t i = 0; i < nskipped; i++)
         if (same_key(skipped[i], j)) return 1;
     return 0;
 }
 
 static void running_remove(struct vd_part *p, struct vd_job *j) {
-    if (j->rprev) j->rprev->rnext = j->rnext; else p->running = j->rnext;
-    if (j->rnext) j->rnext->rprev = j->rprev;
-    j->rprev = j->rnext = NULL;
+    if (j->key[0]) vd_index_del(&p->running, j);
     p->nrunning--;
     j->d->running--;
 }
@@ -343,9 +341,7 @@ static void kick(struct vd_part *p) {
             if (prev) prev->next = j->next; else p->head = j->next;
             if (p->tail == j) p->tail = prev;
             j->next = NULL;
-            j->rnext = p->running;
-            if (p->running) p->running->rprev = j;
-            p->running = j;
+            if (j->key[0]) vd_index_add(&p->running, j);
             p->nrunning++;
             d->running++;
             vd_request_run(j);
@@ -481,6 +477,7 @@ static struct vd_part *find_part(struct vd_dispatch *d, const char *topic, int32
     p->partition = partition;
     p->kind = kind;
     vd_offsets_init(&p->offs);
+    vd_index_init(&p->running, offsetof(struct vd_job, key), offsetof(struct vd_job, knext));
     p->next = d->parts;
     d->parts = p;
     return p;
@@ -587,6 +584,7 @@ struct vd_dispatch *vd_dispatch_new(uv_loop_t *loop, const struct vd_config *cfg
     if (!d) return NULL;
     d->loop = loop;
     d->cfg = cfg;
+    vd_index_init(&d->matching, offsetof(struct vd_job, ev.request_id), offsetof(struct vd_job, mnext));
     /* Internal jobs live in a part of their own; "(due)" can be no Kafka topic's name. */
     d->timers = find_part(d, "(due)", 0, 1, VD_TOPIC_REQUESTS);
     d->timers->assigned = 1;
@@ -638,6 +636,7 @@ void vd_dispatch_free(struct vd_dispatch *d) {
         d->parts = p->next;
         drop_queue(p);
         vd_offsets_free(&p->offs);
+        vd_index_free(&p->running);
         free(p->topic);
         free(p);
     }

@@ -18,6 +18,7 @@
 
 #include "vd_dispatch.h"
 #include "vd_event.h"
+#include "vd_index.h"
 #include "vd_kafka.h"
 #include "vd_match.h"
 #include "vd_offsets.h"
@@ -60,7 +61,7 @@ struct vd_part {
     uint32_t gen;
     struct vd_offsets offs;
     struct vd_job *head, *tail; /* queued jobs, offset order */
-    struct vd_job *running;     /* jobs started and not yet through their Redis work (rnext list) */
+    struct vd_index running;    /* jobs started and not yet through their Redis work, by key */
     int nrunning;
     int in_kick;
     int nparked; /* running jobs waiting in a matching round: not counted against concurrency */
@@ -96,7 +97,7 @@ struct vd_job {
     uint64_t joined_ms;   /* when it joined its pool's waiting list */
     struct vd_pool *pool; /* the pool whose round it waits for or runs in; NULL otherwise */
     struct vd_job *pnext; /* next in the pool's waiting list */
-    struct vd_job *mnext; /* next in its bucket of the matching set (vd_dispatch.matching) */
+    void *mnext;          /* next in its bucket of the matching set (vd_dispatch.matching) */
     int need;             /* the request's need, as the round read it */
     int radius, considered, more; /* reported: widest radius, fullest view (all rounds) */
     int considered_now;           /* volunteers this round looked at */
@@ -109,7 +110,7 @@ struct vd_job {
     int ncands;
     char key[VD_ID_MAX + 1]; /* request or volunteer the event is about; "" if undecodable */
     struct vd_job *next;
-    struct vd_job *rprev, *rnext;       /* the partition's running list */
+    void *knext;                        /* next in its bucket of the partition's running index */
     struct vd_job *all_prev, *all_next; /* every live job, for teardown */
     struct vd_job *tprev, *tnext;       /* every live due run (tick), to find one by request */
 };
@@ -132,8 +133,7 @@ struct vd_dispatch {
     int due_in_flight, sweep_in_flight;
     uint64_t last_sweep_ms;
     struct vd_pool *pools;   /* matching rounds by pool */
-    struct vd_job **matching; /* the jobs in a pool (waiting or in a round), by request: one per request */
-    size_t nmatching, matching_cap;
+    struct vd_index matching; /* the jobs in a pool (waiting or in a round), by request: one per request */
     uv_timer_t round_timer;  /* a batch window ends */
     int round_timer_inited;
     struct vd_settle {

@@ -214,55 +214,18 @@ void vd_round_kick(struct vd_dispatch *d) {
 
 /* ---- the matching set: the jobs in pools, by request (a request is matched by one job) ---- */
 
-static uint64_t hash_id(const char *s) {
-    uint64_t h = 1469598103934665603ull;
-    for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ull;
-    return h;
-}
-
-static struct vd_job **matching_slot(struct vd_job **buckets, size_t cap, const char *rid) {
-    struct vd_job **b = &buckets[hash_id(rid) & (cap - 1)];
-    while (*b && strcmp((*b)->ev.request_id, rid) != 0) b = &(*b)->mnext;
-    return b;
-}
-
 int vd_round_holds(const struct vd_dispatch *d, const char *request_id) {
-    return d->matching_cap && *matching_slot(d->matching, d->matching_cap, request_id) != NULL;
+    return vd_index_find(&d->matching, request_id) != NULL;
 }
 
 /* Adds the job; returns 0, or -1 when another job of its request is there. */
 static int matching_add(struct vd_dispatch *d, struct vd_job *j) {
-    if (d->nmatching + 1 > d->matching_cap) { /* grow: at most one job per bucket on average */
-        size_t cap = d->matching_cap ? d->matching_cap * 2 : 256;
-        struct vd_job **b = calloc(cap, sizeof *b);
-        if (!b) abort();
-        for (size_t i = 0; i < d->matching_cap; i++)
-            for (struct vd_job *x = d->matching[i], *nx; x; x = nx) {
-                nx = x->mnext;
-                struct vd_job **slot = matching_slot(b, cap, x->ev.request_id);
-                x->mnext = NULL;
-                *slot = x;
-            }
-        free(d->matching);
-        d->matching = b;
-        d->matching_cap = cap;
-    }
-    struct vd_job **slot = matching_slot(d->matching, d->matching_cap, j->ev.request_id);
-    if (*slot) return -1;
-    j->mnext = NULL;
-    *slot = j;
-    d->nmatching++;
+    if (vd_index_find(&d->matching, j->ev.request_id)) return -1;
+    vd_index_add(&d->matching, j);
     return 0;
 }
 
-static void matching_del(struct vd_dispatch *d, struct vd_job *j) {
-    if (!d->matching_cap) return;
-    struct vd_job **slot = matching_slot(d->matching, d->matching_cap, j->ev.request_id);
-    if (*slot != j) return;
-    *slot = j->mnext;
-    j->mnext = NULL;
-    d->nmatching--;
-}
+static void matching_del(struct vd_dispatch *d, struct vd_job *j) { vd_index_del(&d->matching, j); }
 
 void vd_round_join(struct vd_job *j) {
     struct vd_dispatch *d = j->d;
@@ -551,7 +514,7 @@ struct cols {
 };
 
 static int col_of(struct cols *t, const char *id) {
-    size_t i = (size_t)hash_id(id) & (t->cap - 1);
+    size_t i = (size_t)vd_index_hash(id) & (t->cap - 1);
     while (t->id[i]) {
         if (strcmp(t->id[i], id) == 0) return t->col[i];
         i = (i + 1) & (t->cap - 1);
@@ -878,9 +841,7 @@ void vd_round_stop(struct vd_dispatch *d) {
 }
 
 void vd_round_free(struct vd_dispatch *d) {
-    free(d->matching);
-    d->matching = NULL;
-    d->matching_cap = d->nmatching = 0;
+    vd_index_free(&d->matching);
     while (d->pools) {
         struct vd_pool *p = d->pools;
         d->pools = p->next;
