@@ -248,7 +248,7 @@ static void http_metrics(void *arg, struct vd_metrics_buf *out) {
                      s->fatal[0] != 0);
     vd_metrics_gauge(out, "vd_outputs_unacked", "Outputs waiting for Kafka's acknowledgement.",
                      (double)vd_kafka_unacked(s->kafka));
-    vd_metrics_gauge(out, "vd_intake_paused", "1 while fetching is paused.", vd_kafka_is_paused(s->kafka));
+    vd_metrics_gauge(out, "vd_intake_paused", "1 while intake is paused (Redis, stopping) or held (back-pressure).", vd_kafka_is_paused(s->kafka));
 }
 
 static void finish_stop(struct vd_server *s) {

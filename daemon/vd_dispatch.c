@@ -11,8 +11,8 @@
  * or its library gone) and a lost connection put the job back at the head of its partition
  * to run again once Redis takes writes (the client probes meanwhile, vd_redis.c); nothing is
  * dead-lettered for it and no offset moves. Only an input that is itself at fault becomes a
- * dead letter. Intake pauses while Redis cannot take work and while daemon.max_inflight
- * inputs are in memory.
+ * dead letter. Intake pauses while Redis cannot take work, and is held (no message taken from
+ * librdkafka's queue, none fetched twice) while daemon.max_inflight inputs are in memory.
  *
  * Due runs (a request whose deadline came) are internal jobs in a part of their own, taken
  * from Redis' due set every cron tick whatever the intake does. Published facts are settled
@@ -114,6 +114,11 @@ static void job_free(struct vd_job *j) {
         d->timer_jobs--;
     } else {
         d->stats.inputs_in_memory--;
+        /* Back-pressure: below the limit, intake takes messages again at once. */
+        if (d->full && !d->stopping && d->stats.inputs_in_memory < (uint64_t)d->cfg->max_inflight) {
+            d->full = 0;
+            vd_kafka_hold(d->kafka, 0);
+        }
     }
     free(j->payload);
     free(j->error);
@@ -509,14 +514,12 @@ void vd_dispatch_on_revoke(void *arg, const char *topic, int32_t partition, enum
     vd_offsets_reset(&p->offs);
 }
 
-/* Intake pauses while Redis cannot take work, while stopping, and once daemon.max_inflight
- * inputs are in memory (until half of them are done). */
+/* Intake pauses while Redis cannot take work and while stopping; it is held while
+ * daemon.max_inflight inputs are in memory (until one of them is done, see job_free). */
 static void apply_backpressure(struct vd_dispatch *d) {
-    uint64_t limit = (uint64_t)d->cfg->max_inflight;
-    if (d->stats.inputs_in_memory >= limit) d->full = 1;
-    else if (d->stats.inputs_in_memory < (limit + 1) / 2) d->full = 0;
-    int pause = d->full || d->stopping || !vd_redis_is_ready(d->redis);
-    if (pause != vd_kafka_is_paused(d->kafka)) vd_kafka_pause_all(d->kafka, pause);
+    d->full = d->stats.inputs_in_memory >= (uint64_t)d->cfg->max_inflight;
+    vd_kafka_hold(d->kafka, d->full);
+    vd_kafka_pause_all(d->kafka, d->stopping || !vd_redis_is_ready(d->redis));
 }
 
 void vd_dispatch_on_message(void *arg, rd_kafka_message_t *m, enum vd_topic_kind kind) {

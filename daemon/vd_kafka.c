@@ -29,6 +29,9 @@
 #define DRAIN_BUDGET 500
 #define SAFETY_POLL_MS 100
 #define RETRY_DELAY_MS 500
+/* Intake held this long by back-pressure becomes a pause of the partitions: the consumer must be
+ * polled again (rebalances, max.poll.interval.ms), and a pause makes that safe. */
+#define HOLD_MAX_MS 5000
 
 struct retry {
     enum vd_output_topic topic;
@@ -63,7 +66,11 @@ struct vd_kafka {
     int timers_inited;
     int consumer_closed;
     rd_kafka_queue_t *close_q; /* set while leaving the group */
-    int paused;
+    int paused;      /* the partitions are paused in librdkafka */
+    int pause_req;   /* paused on request (Redis cannot take work, stopping) */
+    int held;        /* back-pressure: messages are left in librdkafka's queue */
+    int hold_paused; /* held for HOLD_MAX_MS: paused as well */
+    uint64_t held_since;
     int ever_assigned;
     int fatal; /* on_fatal ran */
     struct retry *retry_head, *retry_tail;
@@ -120,10 +127,16 @@ static rd_kafka_conf_t *build_conf(const struct vd_config *cfg, int consumer, ch
             set(conf, "enable.auto.commit", "true", "enable.auto.commit", err, errlen) < 0 ||
             set(conf, "auto.commit.interval.ms", "1000", "auto.commit.interval.ms", err, errlen) < 0 ||
             set(conf, "enable.partition.eof", "false", "enable.partition.eof", err, errlen) < 0 ||
-            /* What librdkafka prefetches counts toward the daemon's memory too: at most 8 MiB
-             * queued, 4 MiB per fetch (librdkafka's defaults allow 64 MiB and 50 MiB). */
-            set(conf, "queued.max.messages.kbytes", "8192", "queued.max.messages.kbytes", err, errlen) < 0 ||
-            set(conf, "fetch.max.bytes", "4194304", "fetch.max.bytes", err, errlen) < 0)
+            /* What librdkafka prefetches counts toward the daemon's memory too: at most 2 MiB
+             * queued (half a second of a burst), 4 MiB per fetch (librdkafka's defaults allow
+             * 64 MiB and 50 MiB). */
+            set(conf, "queued.max.messages.kbytes", "2048", "queued.max.messages.kbytes", err, errlen) < 0 ||
+            set(conf, "fetch.max.bytes", "4194304", "fetch.max.bytes", err, errlen) < 0 ||
+            /* A broker that holds a fetch until its wait runs out (the embedded mock cluster
+             * does) delays a lone request by up to this; librdkafka's default is 500 ms. A
+             * real broker answers as soon as data arrives: there a larger value only saves
+             * idle fetches. */
+            set(conf, "fetch.wait.max.ms", "10", "fetch.wait.max.ms", err, errlen) < 0)
             goto err;
     } else {
         if (set(conf, "linger.ms", "5", "linger.ms", err, errlen) < 0 ||
@@ -324,6 +337,10 @@ static void serve_retries(struct vd_kafka *k) {
 static int drain_consumer(struct vd_kafka *k) {
     if (k->consumer_closed || k->close_q) return 0;
     for (int i = 0; i < DRAIN_BUDGET; i++) {
+        /* Held: what was fetched waits in librdkafka's queue (queued.max.messages.kbytes
+         * bounds it and stops fetching), nothing is fetched twice. Paused partitions deliver
+         * nothing, so a paused consumer is polled (rebalances, max.poll.interval.ms). */
+        if (k->held && !k->paused) return 0;
         rd_kafka_message_t *m = rd_kafka_consumer_poll(k->consumer, 0);
         if (!m) return 0;
         if (m->err == RD_KAFKA_RESP_ERR__FATAL) {
@@ -350,6 +367,8 @@ static int drain_producer(struct vd_kafka *k) {
     return 1;
 }
 
+static void sync_pause(struct vd_kafka *k);
+
 static void on_idle(uv_idle_t *h) {
     struct vd_kafka *k = h->data;
     int more = drain_producer(k);
@@ -368,6 +387,10 @@ static void on_readable(uv_poll_t *h, int status, int events) {
 
 static void on_timer(uv_timer_t *t) {
     struct vd_kafka *k = t->data;
+    if (k->held && !k->hold_paused && uv_now(k->loop) - k->held_since >= HOLD_MAX_MS) {
+        k->hold_paused = 1;
+        sync_pause(k);
+    }
     serve_retries(k);
     if (drain_producer(k) | drain_consumer(k)) uv_idle_start(&k->idle, on_idle);
 }
@@ -471,7 +494,8 @@ void vd_kafka_store_offset(struct vd_kafka *k, const char *topic, int32_t partit
     rd_kafka_topic_partition_list_destroy(l);
 }
 
-void vd_kafka_pause_all(struct vd_kafka *k, int pause) {
+static void sync_pause(struct vd_kafka *k) {
+    int pause = k->pause_req || k->hold_paused;
     if (k->paused == pause || k->consumer_closed) return;
     k->paused = pause;
     if (k->assigned->cnt) {
@@ -485,7 +509,24 @@ void vd_kafka_pause_all(struct vd_kafka *k, int pause) {
     vd_debug("kafka: intake %s", pause ? "paused" : "resumed");
 }
 
-int vd_kafka_is_paused(const struct vd_kafka *k) { return k->paused; }
+void vd_kafka_pause_all(struct vd_kafka *k, int pause) {
+    k->pause_req = pause;
+    sync_pause(k);
+}
+
+void vd_kafka_hold(struct vd_kafka *k, int hold) {
+    if (k->held == hold) return;
+    k->held = hold;
+    if (hold) {
+        k->held_since = uv_now(k->loop);
+        return;
+    }
+    k->hold_paused = 0;
+    sync_pause(k);
+    if (!k->consumer_closed) uv_idle_start(&k->idle, on_idle); /* take what waits */
+}
+
+int vd_kafka_is_paused(const struct vd_kafka *k) { return k->paused || k->held; }
 int vd_kafka_is_fatal(const struct vd_kafka *k) { return k->fatal; }
 size_t vd_kafka_unacked(const struct vd_kafka *k) { return k->inflight; }
 int vd_kafka_has_assignment(const struct vd_kafka *k) { return k->ever_assigned; }

@@ -64,8 +64,13 @@ void vd_kafka_produce(struct vd_kafka *k, enum vd_output_topic topic, const char
 void vd_kafka_store_offset(struct vd_kafka *k, const char *topic, int32_t partition,
                            int64_t next_offset);
 
-/* Pauses or resumes fetching on every assigned partition (back-pressure, Redis outage). */
+/* Pauses or resumes fetching on every assigned partition (Redis outage, stopping). */
 void vd_kafka_pause_all(struct vd_kafka *k, int pause);
+/* Back-pressure: hold = 1 takes no more messages (what librdkafka prefetched waits in its
+ * queue, bounded by queued.max.messages.kbytes; nothing is fetched twice); held for 5 s it
+ * pauses the partitions too. hold = 0 takes messages again at once. */
+void vd_kafka_hold(struct vd_kafka *k, int hold);
+/* 1 while intake is paused or held. */
 int vd_kafka_is_paused(const struct vd_kafka *k);
 /* 1 once a fatal error was raised: outputs will never be acknowledged. */
 int vd_kafka_is_fatal(const struct vd_kafka *k);

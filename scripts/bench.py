@@ -1,22 +1,24 @@
 #!/usr/bin/env python3
-"""Measures vdispatchd in one run and prints figures and side-by-side ratios (stdlib only).
+"""Measures vdispatchd against the limits of its parts, side by side in one run (stdlib only,
+plus python3-confluent-kafka for the scripting-language reference).
 
 scripts/bench.sh starts redis-server, the Kafka mock and vdispatchd, then runs this with their
-ports and PIDs. Steps, all in this one run on the same Redis:
-  1. generate a Hohhot scenario (scripts/scenario.py: volunteers around the community
-     stations, residents' requests; no malformed or duplicate messages) and load the
-     volunteers through Kafka until the daemon's pools in Redis hold them all; load two
-     identical copies of the pool under other key prefixes (vdpy1:, vdpy2:) with the same
-     Redis Functions, for the Python implementations below;
-  2. baseline: raw GEOSEARCH, one per request at radius_start_m on the key vd_search would
-     search, pipelined from here: what Redis alone can search per second (again after the
-     burst, on the pool the burst left);
-  3. the burst: every request produced to vd.requests at once; outcomes read from
-     vd.assignments as they come (kcat -J); /metrics and /proc/<pid>/stat sampled meanwhile;
-  4. baseline: the same match logic as the daemon in plain Python, one request at a time
-     from a pre-generated list (no Kafka), on its copy of the pool: once with every Redis
-     command its own round trip, once with each step's reads pipelined;
-  5. prints the figures, the ratios and the machine facts.
+ports and PIDs. One seeded Hohhot scenario (scripts/scenario.py): a pool of available
+volunteers, a warm-up request, requests paced at --rate, then a burst. Every program gets the
+same requests on topics of its own and is read by the same collector (vd-collect), so a
+request's latency is always: its Kafka timestamp -> its first outcome arriving at a consumer.
+  1. the Kafka path alone: vd-echo, a worker that does no matching and makes a match's three
+     outputs per request (the daemon's producer settings);
+  2. the raw Redis limit of the daemon's own Functions: a second vdispatchd on database 1
+     takes the pool and the burst while MONITOR records its FCALLs; they are replayed,
+     pipelined from one client, on an empty database 1 (the pool's calls first, untimed);
+  3. vdispatchd takes the pool through Kafka; GEOSEARCH alone on it, pipelined (Redis' raw
+     search capacity); then the paced requests and the burst, with the daemon's peak RSS, its
+     CPU and Redis' CPU, Redis calls per match (the daemon's count and commandstats);
+  4. the reference in plain Python: a confluent-kafka worker matching one request at a time
+     (PyMatcher, the daemon's rule in plain Redis commands and the library's claim Function)
+     on its own copy of the pool;
+  5. prints the table and the ratios against the targets.
 Nothing is asserted: the machine is shared and noisy, so only ratios within one run mean
 much. Exit status 0 when the run completed, 1 when it could not (timeout, a process died).
 """
@@ -405,7 +407,7 @@ class ReplySkipper:
     each top-level array: a client cheap enough that Redis, not Python, sets the pace."""
 
     def __init__(self, sock):
-        self.sock, self.buf, self.pos = sock, b"", 0
+        self.sock, self.buf, self.pos, self.errors = sock, b"", 0, 0
 
     def skip(self, n):
         buf, pos, found = self.buf, self.pos, 0
@@ -429,13 +431,16 @@ class ReplySkipper:
                             raise IndexError
                         pos = end
                         remaining -= 1
-                    elif t == 45:  # '-'
-                        raise RedisError(buf[pos + 1:e].decode("utf-8", "replace"))
+                    elif t == 45:  # '-': counted, as one element
+                        self.errors += 1
+                        pos = e + 2
+                        remaining -= 1
+                        top = 0 if top is None else top
                     else:
                         pos = e + 2
                         remaining -= 1
                         top = 0 if top is None else top
-                found += top
+                found += top or 0
                 n -= 1
             except (ValueError, IndexError):  # incomplete: fetch more, parse this reply again
                 chunk = self.sock.recv(1 << 20)
@@ -499,6 +504,7 @@ class PyMatcher:
         self.c, self.p, self.pipelined = conn, prefix, pipelined
         self.outcomes = collections.Counter()
         self.searches = 0
+        self.last = ""  # the outcome of the last request matched
 
     def _reads(self, cmds):
         if self.pipelined:
@@ -515,7 +521,8 @@ class PyMatcher:
                         *self._block(q), "finish", 1,
                         json.dumps(doc, sort_keys=True, separators=(",", ":")))[0]
         state = r[1]
-        self.outcomes["unmatched:" + reason if state in ("unmatched", "expired") else state] += 1
+        self.last = "unmatched:" + reason if state in ("unmatched", "expired") else state
+        self.outcomes[self.last] += 1
 
     def _settings(self):
         """The settings vd<N>_claim starts with (direct mode: offer_timeout_ms 0)."""
@@ -558,6 +565,7 @@ class PyMatcher:
                     first = False
                     if st[0] is not None:
                         if st[0] != "searching":
+                            self.last = "replay"
                             self.outcomes["replay"] += 1
                             return None
                         held = len(st[1].split(",")) if st[1] else 0
@@ -613,6 +621,7 @@ class PyMatcher:
                 cands = []
                 held = q.needed - int(r[2])
                 if r[1] != "searching":
+                    self.last = r[1]
                     self.outcomes[r[1]] += 1
                     return None
                 claim_rounds += 1
@@ -641,27 +650,11 @@ class PyMatcher:
                                     held)
 
 
-def run_python(conn, prefix, pipelined, reqs, redis_pid):
-    m = PyMatcher(conn, prefix, pipelined)
-    c0 = commandstats(conn)
-    rt0 = conn.round_trips
-    r_cpu0, p_cpu0 = cpu_s(redis_pid), time.process_time()
-    t0 = time.monotonic()
-    for q in reqs:
-        m.match(q)
-    wall = time.monotonic() - t0
-    p_cpu, r_cpu = time.process_time() - p_cpu0, cpu_s(redis_pid) - r_cpu0
-    trips = conn.round_trips - rt0
-    cs = cmd_delta(c0, commandstats(conn))
-    return {"wall": wall, "matches": len(reqs), "py_cpu": p_cpu, "redis_cpu": r_cpu,
-            "round_trips": trips, "cmdstats": cs, "outcomes": m.outcomes, "searches": m.searches}
-
-
 # ---- Kafka helpers ----------------------------------------------------------------------------
 
-def produce(build, brokers, topic, path):
+def produce(build, brokers, topic, path, extra=()):
     with open(path, "rb") as f:
-        r = subprocess.run([os.path.join(build, "vd-produce"), "-b", brokers, "-t", topic],
+        r = subprocess.run([os.path.join(build, "vd-produce"), "-b", brokers, "-t", topic, *extra],
                            stdin=f, capture_output=True, text=True)
     if r.returncode != 0:
         die("vd-produce to %s failed: %s" % (topic, (r.stderr or r.stdout).strip()))
@@ -683,34 +676,11 @@ def read_jsonl(path):
     return out
 
 
-def outcomes_by_request(msgs):
-    """{request_id: (last ts, outcome, widest radius_m)} and a Counter of the messages by kind, from
-    vd.assignments. A request's outcome is 'unmatched:<reason>' when it has an unmatched event
-    (it may also have confirmed volunteers), else 'confirmed'."""
-    per = {}
-    kinds = collections.Counter()
-    for m in msgs:
-        key = m.get("key")
-        try:
-            ev = json.loads(m["payload"])
-        except (ValueError, TypeError, KeyError):
-            continue
-        t = ev.get("type", "")
-        if t == "vd.assignment.confirmed":
-            kinds["volunteers confirmed"] += 1
-        elif t == "vd.request.unmatched":
-            kinds["unmatched:" + ev.get("data", {}).get("reason", "?")] += 1
-        else:
-            continue
-        ts, outcome, radius = per.get(key, (0, "confirmed", 0))
-        if t == "vd.request.unmatched":
-            outcome = "unmatched:" + ev.get("data", {}).get("reason", "?")
-        radius = max(radius, ev.get("data", {}).get("radius_m", 0))
-        per[key] = (max(ts, m["ts"]), outcome, radius)
-    return per, kinds
+def write_frames(path, msgs):
+    with open(path, "wb") as f:
+        for key, value in msgs:
+            f.write(scenario.frame(key, value))
 
-
-# ---- the run ----------------------------------------------------------------------------------
 
 def wait_for(pred, timeout, interval=0.25):
     deadline = time.monotonic() + timeout
@@ -721,6 +691,341 @@ def wait_for(pred, timeout, interval=0.25):
         time.sleep(interval)
     return pred()
 
+
+def rss_kib(pid):
+    """(VmRSS, VmHWM) of a process in KiB, or (None, None) when it is gone."""
+    out = {}
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith(("VmRSS:", "VmHWM:")):
+                    out[line[:5]] = int(line.split()[1])
+    except OSError:
+        return None, None
+    return out.get("VmRSS"), out.get("VmHWM")
+
+
+class RssSampler(threading.Thread):
+    """The highest VmRSS of a process, sampled every 50 ms."""
+
+    def __init__(self, pid):
+        super().__init__(daemon=True)
+        self.pid, self.peak, self.stop_ev = pid, 0, threading.Event()
+
+    def run(self):
+        while not self.stop_ev.is_set():
+            rss, _ = rss_kib(self.pid)
+            if rss:
+                self.peak = max(self.peak, rss)
+            self.stop_ev.wait(0.05)
+
+    def stop(self):
+        self.stop_ev.set()
+        self.join()
+        return self.peak
+
+
+OUTCOME_TYPES = ("vd.assignment.confirmed", "vd.request.unmatched")
+
+
+class Collector:
+    """vd-collect on a program's request and assignment topics: when each request was produced
+    (its Kafka timestamp) and when its first outcome arrived at a consumer."""
+
+    def __init__(self, build, brokers, req_topic, out_topic, path):
+        self.req_topic, self.path = req_topic, path
+        self.f = open(path, "wb")
+        self.p = subprocess.Popen([os.path.join(build, "vd-collect"), "-b", brokers, "-t",
+                                   req_topic + "," + out_topic], stdout=self.f)
+        self.sent, self.outcome, self.kinds, self.pos = {}, {}, collections.Counter(), 0
+
+    def poll(self):
+        with open(self.path, "rb") as f:
+            f.seek(self.pos)
+            data = f.read()
+        end = data.rfind(b"\n") + 1
+        self.pos += end
+        for line in data[:end].decode("utf-8", "replace").splitlines():
+            topic, key, ts, arrived, typ = line.split("\t")
+            if topic == self.req_topic:
+                self.sent.setdefault(key, int(ts))
+            elif typ in OUTCOME_TYPES:
+                self.kinds[typ] += 1
+                self.outcome.setdefault(key, (int(arrived), typ))
+        return self
+
+    def have(self, keys):
+        self.poll()
+        return all(k in self.outcome and k in self.sent for k in keys)
+
+    def figures(self, keys):
+        """Latencies (ms, sorted) of the keys' first outcomes; the span from the first request
+        produced to the last outcome (s)."""
+        lat = sorted(self.outcome[k][0] - self.sent[k] for k in keys)
+        span = (max(self.outcome[k][0] for k in keys) - min(self.sent[k] for k in keys)) / 1000.0
+        return lat, span
+
+    def close(self):
+        self.p.terminate()
+        try:
+            self.p.wait(10)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            self.p.wait()
+        self.f.close()
+
+
+def drive(label, a, req_topic, out_topic, paced_bin, paced_keys, burst_bin, burst_keys, pids,
+          warm=None):
+    """Paced requests then the burst through one program; figures of both. pids: the processes
+    whose CPU counts (name -> pid); the first is the program itself (its peak RSS)."""
+    col = Collector(a.build, a.brokers, req_topic, out_topic,
+                    os.path.join(a.workdir, "topics", label + ".tsv"))
+    res = {}
+    try:
+        if warm:
+            warm_bin, warm_keys = warm
+            produce(a.build, a.brokers, req_topic, warm_bin, ["-X", "linger.ms=0"])
+            if not wait_for(lambda: col.have(warm_keys), 60, 0.1):
+                die("%s: no outcome for the warm-up request within 60 s" % label)
+        first = next(iter(pids.values()))
+        rss = RssSampler(first)
+        rss.start()
+        produce(a.build, a.brokers, req_topic, paced_bin, ["-r", str(a.rate), "-X", "linger.ms=0"])
+        if not wait_for(lambda: col.have(paced_keys), a.timeout, 0.1):
+            die("%s: %d of %d paced requests have an outcome after %.0f s"
+                % (label, len([k for k in paced_keys if k in col.outcome]), len(paced_keys), a.timeout))
+        res["paced"], _ = col.figures(paced_keys)
+        cpu0 = {n: cpu_s(p) for n, p in pids.items()}
+        produce(a.build, a.brokers, req_topic, burst_bin)
+        if not wait_for(lambda: col.have(burst_keys), a.timeout, 0.2):
+            die("%s: %d of %d burst requests have an outcome after %.0f s"
+                % (label, len([k for k in burst_keys if k in col.outcome]), len(burst_keys), a.timeout))
+        cpu1 = {n: cpu_s(p) for n, p in pids.items()}
+        res["burst"], res["span"] = col.figures(burst_keys)
+        res["rate"] = len(burst_keys) / res["span"]
+        res["cpu"] = {n: cpu1[n] - cpu0[n] for n in pids if cpu0[n] is not None and cpu1[n] is not None}
+        res["rss_kib"] = rss.stop()
+        res["kinds"] = dict(col.kinds)
+    finally:
+        col.close()
+    say("%s: paced p99 %.1f ms, burst %s over %.2f s" % (
+        label, percentile(res["paced"], 0.99), fmt_rate(res["rate"]), res["span"]))
+    return res
+
+
+# ---- the raw Redis limit of the daemon's own Functions: capture, then replay ----------------
+
+def monitor_args(line):
+    """The arguments of one MONITOR line (`ts [db addr] "arg" "arg" ...`), as bytes."""
+    i = line.index(b"] ") + 2
+    out, n = [], len(line)
+    while i < n:
+        if line[i] != 0x22:
+            i += 1
+            continue
+        i += 1
+        buf = bytearray()
+        while line[i] != 0x22:
+            c = line[i]
+            if c == 0x5C:
+                e = line[i + 1]
+                if e == 0x78:  # \xHH
+                    buf.append(int(line[i + 2:i + 4], 16))
+                    i += 4
+                    continue
+                buf.append({0x6E: 10, 0x72: 13, 0x74: 9, 0x61: 7, 0x62: 8}.get(e, e))
+                i += 2
+                continue
+            buf.append(c)
+            i += 1
+        out.append(bytes(buf))
+        i += 1
+    return out
+
+
+class Monitor(threading.Thread):
+    """MONITOR on a connection of its own: keeps the FCALLs made in one database."""
+
+    def __init__(self, port, db):
+        super().__init__(daemon=True)
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.sock.sendall(Resp.encode(("MONITOR",)))
+        self.tag = b"[%d " % db
+        self.cmds, self.stop_ev = [], threading.Event()
+
+    def run(self):
+        buf = b""
+        self.sock.settimeout(0.2)
+        while not self.stop_ev.is_set():
+            try:
+                chunk = self.sock.recv(1 << 20)
+            except socket.timeout:
+                continue
+            if not chunk:
+                break
+            buf += chunk
+            lines = buf.split(b"\r\n")
+            buf = lines.pop()
+            for line in lines:
+                if self.tag in line[:48] and b'] "fcall"' in line[:96].lower():
+                    self.cmds.append(monitor_args(line))
+
+    def stop(self):
+        self.stop_ev.set()
+        self.join()
+        self.sock.close()
+        return self.cmds
+
+
+def replay(port, db, cmds, batch=256):
+    """Sends the commands pipelined (two batches in flight) on a fresh connection to db; returns
+    (wall s, error replies)."""
+    conn = Resp(port)
+    conn.call("SELECT", db)
+    enc = [Resp.encode(c) for c in cmds]
+    batches = [b"".join(enc[i:i + batch]) for i in range(0, len(enc), batch)]
+    sizes = [min(batch, len(enc) - i) for i in range(0, len(enc), batch)]
+    skipper = ReplySkipper(conn.sock)
+    inflight, i = collections.deque(), 0
+    t0 = time.monotonic()
+    while i < len(batches) or inflight:
+        while i < len(batches) and len(inflight) < 2:
+            conn.sock.sendall(batches[i])
+            inflight.append(sizes[i])
+            i += 1
+        skipper.skip(inflight.popleft())
+    wall = time.monotonic() - t0
+    conn.close()
+    return wall, skipper.errors
+
+
+def raw_functions(a, vbin, burst_bin, burst_keys, redis):
+    """The daemon's Redis work for the burst, without the daemon: a second vdispatchd on
+    database 1 (its own topics) takes the same pool and burst while MONITOR records its
+    FCALLs; then database 1 is emptied, the pool's calls replayed, and the burst's calls
+    replayed pipelined from one client, timed, with Redis' CPU and commandstats."""
+    db = 1
+    port = a.redis_port
+    admin = Resp(port)
+    admin.call("SELECT", db)
+    admin.call("FLUSHDB")
+    http = free_port()
+    log = os.path.join(a.workdir, "capture-daemon.log")
+    sets = ["redis.db=%d" % db, "kafka.group_id=vdispatch-capture", "http.listen=127.0.0.1:%d" % http,
+            "log.file=" + log] + ["kafka.topic.%s=cap.%s" % (t, t) for t in
+                                  ("requests", "volunteers", "responses", "assignments",
+                                   "notifications", "deadletter")]
+    argv = [os.path.join(a.build, "vdispatchd"), "-c", a.config]
+    for kv in sets:
+        argv += ["--set", kv]
+    mon = Monitor(port, db)
+    mon.start()
+    d = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=open(log + ".err", "wb"))
+    url = "http://127.0.0.1:%d/metrics" % http
+    try:
+        def ready():
+            if d.poll() is not None:
+                die("the capture daemon exited (%s); see %s" % (d.returncode, log))
+            try:
+                with urllib.request.urlopen("http://127.0.0.1:%d/readyz" % http, timeout=1):
+                    return True
+            except OSError:
+                return False
+        if not wait_for(ready, 60, 0.2):
+            die("the capture daemon was not ready in 60 s; see %s" % log)
+        produce(a.build, a.brokers, "cap.volunteers", vbin)
+        nvol = a.volunteers
+        if not wait_for(lambda: scrape(url).get("vd_consumed_total", 0) >= nvol and
+                        scrape(url).get("vd_jobs_in_memory", 1) == 0, 300, 0.5):
+            die("the capture daemon did not take the pool in 300 s")
+        mark = len(mon.cmds)
+        produce(a.build, a.brokers, "cap.requests", burst_bin)
+        if not wait_for(lambda: scrape(url).get("vd_matches_total", 0) >= len(burst_keys) and
+                        scrape(url).get("vd_jobs_in_memory", 1) == 0, a.timeout, 0.5):
+            die("the capture daemon did not match the burst in %.0f s" % a.timeout)
+        time.sleep(1.5)  # the last settles
+        matches = scrape(url)["vd_matches_total"]
+    finally:
+        d.terminate()
+        try:
+            d.wait(20)
+        except subprocess.TimeoutExpired:
+            d.kill()
+            d.wait()
+    cmds = mon.stop()
+    pool_cmds, burst_cmds = cmds[:mark], cmds[mark:]
+    admin.call("FLUSHDB")
+    replay(port, db, pool_cmds)
+    c0, r0 = commandstats(admin), cpu_s(a.redis_pid)
+    wall, errors = replay(port, db, burst_cmds)
+    r1, c1 = cpu_s(a.redis_pid), commandstats(admin)
+    by_fn = collections.Counter(c[1].decode() for c in burst_cmds if len(c) > 1)
+    admin.call("FLUSHDB")
+    admin.close()
+    return {"wall": wall, "matches": matches, "calls": len(burst_cmds), "errors": errors,
+            "redis_cpu": r1 - r0, "by_fn": by_fn, "cmdstats": cmd_delta(c0, c1),
+            "rate": matches / wall}
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+# ---- the scripting-language reference: a Kafka worker in plain Python ----------------------
+
+def worker(argv):
+    """bench.py worker: consumes requests (confluent-kafka), matches each with PyMatcher on its
+    own copy of the pool, publishes three outputs per request (the outcome on the assignments
+    topic, two notices), commits. Runs until SIGTERM."""
+    import signal
+    from confluent_kafka import Consumer, Producer
+    ap = argparse.ArgumentParser(prog="bench.py worker")
+    ap.add_argument("--brokers", required=True)
+    ap.add_argument("--redis-port", type=int, required=True)
+    ap.add_argument("--prefix", required=True)
+    ap.add_argument("--config")
+    ap.add_argument("--in-topic", required=True)
+    ap.add_argument("--out-topics", required=True)
+    a = ap.parse_args(argv)
+    if a.config:
+        load_settings(a.config)
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    m = PyMatcher(Resp(a.redis_port), a.prefix, True)
+    cons = Consumer({"bootstrap.servers": a.brokers, "group.id": "py-worker",
+                     "auto.offset.reset": "earliest", "fetch.wait.max.ms": 10})
+    prod = Producer({"bootstrap.servers": a.brokers, "enable.idempotence": True, "acks": "all",
+                     "linger.ms": 5})
+    cons.subscribe([a.in_topic])
+    outs = a.out_topics.split(",")
+    while not stop:
+        msg = cons.poll(0.1)
+        prod.poll(0)
+        if msg is None or msg.error():
+            continue
+        q = decode_request(msg.value())
+        m.match(q)
+        typ = "vd.request.unmatched" if m.last.startswith(("unmatched", "expired")) else \
+            "vd.assignment.confirmed"
+        for k in range(3):
+            body = json.dumps({"type": typ if k == 0 else "vd.notify.volunteer",
+                               "data": {"request_id": q.rid, "outcome": m.last}})
+            while True:
+                try:
+                    prod.produce(outs[k % len(outs)], key=msg.key(), value=body)
+                    break
+                except BufferError:
+                    prod.poll(0.05)
+    cons.close()
+    prod.flush(10)
+
+
+# ---- the run ----------------------------------------------------------------------------------
 
 def fmt_rate(x):
     return "%.0f/s" % x if x >= 100 else "%.1f/s" % x
@@ -737,36 +1042,57 @@ def main():
     ap.add_argument("--build", required=True)
     ap.add_argument("--workdir", required=True)
     ap.add_argument("--volunteers", type=int, default=20000)
-    ap.add_argument("--requests", type=int, default=20000)
-    ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument("--paced", type=int, default=1000)
+    ap.add_argument("--rate", type=float, default=250)
+    ap.add_argument("--burst", type=int, default=50000)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--timeout", type=float, default=300)
+    ap.add_argument("--skip", default="", help="comma-separated: kafka,raw,python")
     ap.add_argument("--load-before", default="")
     ap.add_argument("--config", help="the daemon's --dump-config output")
     a = ap.parse_args()
     if a.config:
         load_settings(a.config)
-    topics = os.path.join(a.workdir, "topics")
-    os.makedirs(topics, exist_ok=True)
-    pids = {"vdispatchd": a.daemon_pid, "redis-server": a.redis_pid}
-    if a.mock_pid:
-        pids["vd-kafka-mock"] = a.mock_pid
-    quick = a.requests <= 5000
-
-    # -- 1. scenario and pool
-    vols, pools, reqs_msgs, vbin, rbin = generate(a, a.workdir)
-    req_bytes = os.path.getsize(rbin)
-    if req_bytes * 1.3 / a.partitions > MOCK_PARTITION_BYTES:
-        die("%d requests are %.1f MiB: over %d partitions the Kafka mock (5 MiB per partition) "
-            "would drop requests before they are read; use --partitions %d or more"
-            % (a.requests, req_bytes / 2**20, a.partitions,
-               math.ceil(req_bytes * 1.3 / MOCK_PARTITION_BYTES)))
-    reqs = [decode_request(v) for _, v in reqs_msgs]
+    skip = set(x for x in a.skip.split(",") if x)
+    os.makedirs(os.path.join(a.workdir, "topics"), exist_ok=True)
     redis = Resp(a.redis_port)
-    say("scenario: %d volunteer events (pools %s), %d requests (%.1f MiB)" % (
-        len(vols), ", ".join("%s=%d" % kv for kv in sorted(pools.items())), len(reqs),
-        req_bytes / 2**20))
 
+    # -- 1. one scenario: the pool, a warm-up request, the paced requests, the burst
+    g = argparse.Namespace(volunteers=a.volunteers, requests=a.paced + a.burst + 1, seed=a.seed)
+    vols, pools, reqs_msgs, vbin, _ = generate(g, a.workdir)
+    warm, paced, burst = reqs_msgs[:1], reqs_msgs[1:1 + a.paced], reqs_msgs[1 + a.paced:]
+    paths = {}
+    for name, msgs in (("warm", warm), ("paced", paced), ("burst", burst)):
+        paths[name] = os.path.join(a.workdir, name + ".bin")
+        write_frames(paths[name], msgs)
+    keys = {name: [k for k, _ in msgs] for name, msgs in (("warm", warm), ("paced", paced), ("burst", burst))}
+    say("scenario: %d volunteers (pools %s); %d requests paced at %s, then a burst of %d" % (
+        len(vols), ", ".join("%s=%d" % kv for kv in sorted(pools.items())), a.paced,
+        fmt_rate(a.rate), a.burst))
+    rows = {}
+
+    # -- 2. the Kafka path alone: vd-echo makes a match's three outputs per request
+    if "kafka" not in skip:
+        echo = subprocess.Popen([os.path.join(a.build, "vd-echo"), "-b", a.brokers, "-g", "kp-echo",
+                                 "-i", "kp.requests", "-o", "kp.assignments,kp.notifications", "-n", "3"],
+                                stdout=subprocess.DEVNULL)
+        try:
+            rows["kafka"] = drive("kafka path", a, "kp.requests", "kp.assignments", paths["paced"],
+                                  keys["paced"], paths["burst"], keys["burst"], {"vd-echo": echo.pid},
+                                  warm=(paths["warm"], keys["warm"]))
+        finally:
+            echo.terminate()
+            echo.wait(20)
+
+    # -- 3. the raw Redis limits: the daemon's Functions replayed, GEOSEARCH alone
+    if "raw" not in skip:
+        say("raw Redis: capturing the daemon's calls for the burst (a second daemon on db 1)")
+        rows["raw"] = raw_functions(a, vbin, paths["burst"], keys["burst"], redis)
+        say("raw Redis: %d calls for %d matches replayed in %.2f s (%s), %d error replies" % (
+            rows["raw"]["calls"], rows["raw"]["matches"], rows["raw"]["wall"],
+            fmt_rate(rows["raw"]["rate"]), rows["raw"]["errors"]))
+
+    # -- 4. vdispatchd: the pool through Kafka, then GEOSEARCH alone on it, then the requests
     t0 = time.monotonic()
     produce(a.build, a.brokers, "vd.volunteers", vbin)
 
@@ -778,308 +1104,138 @@ def main():
         return (m.get("vd_consumed_total", 0) >= len(vols) and m.get("vd_jobs_in_memory", 1) == 0
                 and pool_sizes(redis, DAEMON_PREFIX, pools) == pools)
 
-    if not wait_for(pool_loaded, 180):
-        die("the daemon did not pool all volunteers within 180 s: %s of %s"
-            % (pool_sizes(redis, DAEMON_PREFIX, pools), pools))
-    load_s = time.monotonic() - t0
-    say("daemon pooled %d volunteer events in %.1f s (%s, through Kafka)" % (
-        len(vols), load_s, fmt_rate(len(vols) / load_s)))
+    if not wait_for(pool_loaded, 300):
+        die("the daemon did not pool all volunteers within 300 s")
+    say("vdispatchd pooled %d volunteers in %.1f s through Kafka" % (len(vols), time.monotonic() - t0))
+    reqs = [decode_request(v) for _, v in burst]
+    if "raw" not in skip:
+        zkeys = set()
+        for q in reqs:
+            base = DAEMON_PREFIX + ("pool/ev/" + q.event_id if q.event_id else "pool/city")
+            zkeys.update(base + "/s/" + s for s in q.skills)
+        zcard = {k: redis.call("ZCARD", k) for k in zkeys}
+        skeys = [search_key(DAEMON_PREFIX, q, zcard) for q in reqs]
+        c0, r0 = commandstats(redis), cpu_s(a.redis_pid)
+        n, wall, found = raw_geosearch(redis, reqs, skeys, 2.0)
+        cs = cmd_delta(c0, commandstats(redis)).get("geosearch", (1, 0))
+        rows["geo"] = {"rate": n / wall, "redis_cpu": cpu_s(a.redis_pid) - r0, "n": n,
+                       "usec": cs[1] / max(cs[0], 1), "found": found}
+        say("raw GEOSEARCH: %d searches in %.2f s (%s)" % (n, wall, fmt_rate(n / wall)))
+    m0, c0 = scrape(a.metrics), commandstats(redis)
+    d = drive("vdispatchd", a, "vd.requests", "vd.assignments", paths["paced"], keys["paced"],
+              paths["burst"], keys["burst"], {"vdispatchd": a.daemon_pid, "redis-server": a.redis_pid},
+              warm=(paths["warm"], keys["warm"]))
+    m1, c1 = scrape(a.metrics), commandstats(redis)
+    d["matches"] = m1["vd_matches_total"] - m0["vd_matches_total"]
+    d["calls"] = m1["vd_redis_calls_total"] - m0["vd_redis_calls_total"]
+    d["cmdstats"] = cmd_delta(c0, c1)
+    d["hwm_kib"] = rss_kib(a.daemon_pid)[1]
+    d["by_kind"] = {k.split('"')[1]: m1[k] - m0.get(k, 0) for k in m1
+                    if k.startswith("vd_redis_calls_by_kind_total{")}
+    rows["daemon"] = d
 
-    for prefix in ("vdpy1:", "vdpy2:"):
-        cmds = [volunteer_fcall(prefix, v) for _, _, v, _ in vols]
+    # -- 5. the scripting-language reference on its own copy of the pool
+    pyexe = None
+    if "python" not in skip:
+        # Debian's package serves Debian's python3, which may not be the one running this.
+        for exe in (sys.executable, "/usr/bin/python3"):
+            if subprocess.run([exe, "-c", "import confluent_kafka"], capture_output=True).returncode == 0:
+                pyexe = exe
+                break
+        if not pyexe:
+            say("python3-confluent-kafka is missing: the Python reference is left out")
+            skip.add("python")
+    if "python" not in skip:
+        cmds = [volunteer_fcall("vdpy:", v) for _, _, v, _ in vols]
         for i in range(0, len(cmds), 500):
             redis.pipeline(cmds[i:i + 500])
-        got = pool_sizes(redis, prefix, pools)
-        if got != pools:
-            die("the copy of the pool under %s holds %s, expected %s" % (prefix, got, pools))
-    say("loaded two identical copies of the pool for the Python implementations")
-
-    # -- 2. raw GEOSEARCH on the pool as loaded
-    zkeys = set()
-    for q in reqs:
-        base = DAEMON_PREFIX + ("pool/ev/" + q.event_id if q.event_id else "pool/city")
-        zkeys.update(base + "/s/" + s for s in q.skills)
-    zcard = {k: redis.call("ZCARD", k) for k in zkeys}
-    keys = [search_key(DAEMON_PREFIX, q, zcard) for q in reqs]
-    min_s = 1.5 if quick else 3.0
-
-    def geo_baseline():
-        c0, r0, p0 = commandstats(redis), cpu_s(a.redis_pid), time.process_time()
-        n, wall, per = raw_geosearch(redis, reqs, keys, min_s)
-        cs = cmd_delta(c0, commandstats(redis)).get("geosearch", (1, 0))
-        return {"n": n, "wall": wall, "found": per, "redis_cpu": cpu_s(a.redis_pid) - r0,
-                "py_cpu": time.process_time() - p0, "usec": cs[1] / max(cs[0], 1)}
-
-    geo_full = geo_baseline()
-    say("raw GEOSEARCH baseline: %d searches in %.2f s" % (geo_full["n"], geo_full["wall"]))
-
-    # -- 3. the burst
-    kcat_out = open(os.path.join(topics, "assignments.jsonl"), "wb")
-    kcat_err = open(os.path.join(topics, "assignments.err"), "wb")
-    kcat = subprocess.Popen(["kcat", "-C", "-b", a.brokers, "-t", "vd.assignments", "-o",
-                             "beginning", "-J", "-u", "-q"], stdout=kcat_out, stderr=kcat_err)
-    try:
-        m0 = scrape(a.metrics)
-        c0 = commandstats(redis)
-        sampler = Sampler(a.metrics, pids)
-        cpu0 = {n: cpu_s(p) for n, p in pids.items()}
-        threads0 = thread_cpu(a.daemon_pid)
-        load_burst = loadavg()
-        t_start = time.monotonic()
-        sampler.start()
-        out = produce(a.build, a.brokers, "vd.requests", rbin)
-        produce_s = time.monotonic() - t_start
-        say("requests: %s to vd.requests in %.2f s" % (out, produce_s))
-        base_matches = m0.get("vd_matches_total", 0)
-
-        def burst_done():
-            s = sampler.last()
-            if not s or s[0] < t_start + produce_s:
-                return False
-            for n, p in pids.items():
-                if cpu_s(p) is None:
-                    die("%s (pid %d) exited during the burst" % (n, p))
-            mm = s[1]
-            return (mm["vd_matches_total"] - base_matches >= len(reqs)
-                    and mm["vd_jobs_in_memory"] == 0 and mm["vd_outputs_unacked"] == 0)
-
-        if not wait_for(burst_done, a.timeout, 0.1):
-            s = sampler.last()
-            die("timed out after %.0f s: %d of %d requests matched" % (
-                a.timeout, (s[1]["vd_matches_total"] - base_matches) if s else 0, len(reqs)))
-        t_done = sampler.last()[0]
-        cpu1 = {n: cpu_s(p) for n, p in pids.items()}
-        threads1 = thread_cpu(a.daemon_pid)
-        sampler.stop()
-        m1 = scrape(a.metrics)
-        c1 = commandstats(redis)
-        burst_wall = t_done - t_start
-
-        # outcomes as Kafka carries them
-        def all_outcomes():
-            per, _ = outcomes_by_request(read_jsonl(kcat_out.name))
-            return len(per) >= len(reqs)
-
-        wait_for(all_outcomes, 60, 0.5)
-    finally:
-        kcat.terminate()
+        w = subprocess.Popen([pyexe, os.path.abspath(__file__), "worker", "--brokers", a.brokers,
+                              "--redis-port", str(a.redis_port), "--prefix", "vdpy:", "--config",
+                              a.config or "", "--in-topic", "py.requests",
+                              "--out-topics", "py.assignments,py.notifications"])
         try:
-            kcat.wait(5)
-        except subprocess.TimeoutExpired:
-            kcat.kill()
-            kcat.wait()
-        kcat_out.close()
-        kcat_err.close()
-    per, kinds = outcomes_by_request(read_jsonl(kcat_out.name))
-    rpath = os.path.join(topics, "requests.jsonl")
-    with open(rpath, "wb") as f:
-        subprocess.run(["kcat", "-C", "-b", a.brokers, "-t", "vd.requests", "-o", "beginning",
-                        "-e", "-J", "-q"], stdout=f, check=True, timeout=120)
-    req_ts = {m["key"]: m["ts"] for m in read_jsonl(rpath)}
-    lat = sorted(per[k][0] - req_ts[k] for k in per if k in req_ts)
-    first_req = min(req_ts.values()) if req_ts else 0
-    last_out = max(v[0] for v in per.values()) if per else 0
-    e2e_span = (last_out - first_req) / 1000.0
+            rows["python"] = drive("python worker", a, "py.requests", "py.assignments", paths["paced"],
+                                   keys["paced"], paths["burst"], keys["burst"],
+                                   {"python": w.pid, "redis-server": a.redis_pid},
+                                   warm=(paths["warm"], keys["warm"]))
+        finally:
+            w.terminate()
+            w.wait(30)
 
-    pool_after = pool_sizes(redis, DAEMON_PREFIX, pools)
-    geo_after = geo_baseline()
+    report(a, rows)
 
-    # -- 4. the same logic in plain Python, on the copies of the pool
-    py = {}
-    for prefix, pipelined in (("vdpy1:", False), ("vdpy2:", True)):
-        say("Python implementation (%s) on %d requests" % (
-            "reads pipelined per step" if pipelined else "one command per round trip", len(reqs)))
-        py[pipelined] = run_python(redis, prefix, pipelined, reqs, a.redis_pid)
-    load_after = loadavg()
 
-    # -- 5. figures
-    matches = m1["vd_matches_total"] - m0["vd_matches_total"]
-    calls = m1["vd_redis_calls_total"] - m0["vd_redis_calls_total"]
-    cs = cmd_delta(c0, c1)
-    fc, fro = cs.get("fcall", (0, 0)), cs.get("fcall_ro", (0, 0))
-    cpu = {n: (cpu1[n] - cpu0[n]) if cpu1[n] is not None and cpu0[n] is not None else float("nan")
-           for n in pids}
-    hist = [(le, c1_ - c0_) for (le, c1_), (_, c0_) in
-            zip(hist_buckets(m1, "vd_match_seconds"), hist_buckets(m0, "vd_match_seconds"))]
-    # counters over time: 10% -> 90% of the burst's matches, interpolated between samples
-    samples = sampler.samples
+def report(a, rows):
+    d = rows["daemon"]
+    k, raw, geo, py = rows.get("kafka"), rows.get("raw"), rows.get("geo"), rows.get("python")
+    n = len(d["burst"])
 
-    def crossing(frac):
-        target = base_matches + frac * len(reqs)
-        prev = None
-        for t, mm, _ in samples:
-            v = mm["vd_matches_total"]
-            if v >= target:
-                if prev is None or v == prev[1]:
-                    return t
-                return prev[0] + (t - prev[0]) * (target - prev[1]) / (v - prev[1])
-            prev = (t, v)
-        return None
+    def lat(r, which):
+        v = r[which]
+        return "%.1f / %.1f / %.1f" % (percentile(v, .5), percentile(v, .95), percentile(v, .99))
 
-    t10, t90, t100 = crossing(0.10), crossing(0.90), crossing(1.0)
-    steady = 0.8 * len(reqs) / (t90 - t10) if t10 is not None and t90 and t90 > t10 else float("nan")
-    peak = 0.0
-    for i in range(len(samples)):
-        for j in range(i + 1, len(samples)):
-            if samples[j][0] - samples[i][0] >= 1.0:
-                peak = max(peak, (samples[j][1]["vd_matches_total"] - samples[i][1]["vd_matches_total"])
-                           / (samples[j][0] - samples[i][0]))
-                break
-    # CPU use over the busy part of the burst (10% -> 90%)
-    def cpu_between(name, ta, tb):
-        pa = pb = None
-        for t, _, c in samples:
-            if t <= ta:
-                pa = (t, c[name])
-            if t >= tb and pb is None:
-                pb = (t, c[name])
-        if not pa or not pb or pa[1] is None or pb[1] is None or pb[0] <= pa[0]:
-            return float("nan")
-        return (pb[1] - pa[1]) / (pb[0] - pa[0])
-
-    metrics_rate = matches / burst_wall
-    kafka_rate = len(per) / e2e_span if e2e_span > 0 else float("nan")
-    daemon_rate = kafka_rate  # the ratios use the Kafka-timestamp throughput
-    geo_rate = geo_full["n"] / geo_full["wall"]
-    geo_after_rate = geo_after["n"] / geo_after["wall"]
-    pa, pp = py[False], py[True]
-    pa_rate, pp_rate = pa["matches"] / pa["wall"], pp["matches"] / pp["wall"]
-
-    W = 66
-    def row(label, value):
-        print("  %-*s %s" % (W, label, value))
-
-    def section(title):
-        print()
-        print(title)
-        print("-" * len(title))
+    def us(cpu, matches):
+        return "%.0f" % (cpu * 1e6 / matches) if matches else "-"
 
     print()
-    print("=" * 100)
-    print("vdispatchd benchmark: %d available volunteers, burst of %d requests, vd.requests in %d "
-          "partitions" % (a.volunteers, len(reqs), a.partitions))
-    print("=" * 100)
-    section("Machine")
-    row("cores (nproc)", str(os.cpu_count()))
-    row("load average (1, 5, 15 min) before the run", a.load_before or "?")
-    row("load average when the burst started", load_burst)
-    row("load average after the run", load_after)
-    row("redis-server", redis.call("INFO", "server").split("redis_version:")[1].split()[0])
-    row("daemon settings", "radius %d..%d m, candidates %d, offer_timeout_ms=0, log.level=warn"
-        % (RADIUS_START_M, RADIUS_MAX_M, CANDIDATES))
-
-    section("Pool")
-    row("pooled before the burst", ", ".join("%s %d" % kv for kv in sorted(pools.items())))
-    row("pooled after the burst (claimed volunteers leave)",
-        ", ".join("%s %d" % kv for kv in sorted(pool_after.items())))
-    row("loading through Kafka + vd_vol_available", "%.1f s (%s)" % (load_s, fmt_rate(len(vols) / load_s)))
-
-    section("Daemon: burst (Kafka -> vdispatchd -> Redis -> Kafka)")
-    row("requests produced (vd-produce)", "%d in %.2f s" % (len(reqs), produce_s))
-    row("requests with an outcome on vd.assignments", "%d of %d" % (len(per), len(reqs)))
-    row("outcomes per request", ", ".join("%s %d" % kv for kv in sorted(
-        collections.Counter(v[1] for v in per.values()).items())))
-    row("volunteers confirmed", "%d" % kinds["volunteers confirmed"])
-    radii = collections.Counter(v[2] for v in per.values())
-    row("requests by the radius their search ended at (m)",
-        ", ".join("%d: %d" % kv for kv in sorted(radii.items())))
-    row("throughput, Kafka timestamps (first request -> last outcome)",
-        "%s  (%d requests in %.2f s)" % (fmt_rate(kafka_rate), len(per), e2e_span))
-    row("throughput, /metrics (produce start -> all matched and acked)",
-        "%s  (%d matches in %.2f s)" % (fmt_rate(metrics_rate), matches, burst_wall))
-    row("throughput, /metrics, 10% -> 90% of the matches", fmt_rate(steady))
-    if burst_wall >= 3:
-        row("throughput, /metrics, best 1 s window", fmt_rate(peak))
-    per_s, k, t_next = [], 0, t_start + 1.0
-    for t, mm, _ in samples:  # matches in each second of the burst
-        if t >= t_next:
-            per_s.append(mm["vd_matches_total"] - base_matches - k)
-            k = mm["vd_matches_total"] - base_matches
-            t_next += 1.0
-    row("matches in each second of the burst", " ".join("%d" % x for x in per_s[:40])
-        + (" ..." if len(per_s) > 40 else ""))
-    row("end-to-end latency p50 / p95 / p99 / max (Kafka ts)",
-        "%.0f / %.0f / %.0f / %.0f ms" % (percentile(lat, .5), percentile(lat, .95),
-                                          percentile(lat, .99), lat[-1] if lat else float("nan")))
-    row("  (a burst: this is mostly time queued behind earlier requests)", "")
-    qs = []
-    for q in (0.5, 0.95, 0.99):
-        v, over = hist_quantile(hist, q)
-        qs.append("n/a" if v is None else (">%.0f" % (v * 1000) if over else "%.2f" % (v * 1000)))
-    row("daemon match time p50 / p95 / p99 (vd_match_seconds)", " / ".join(qs) + " ms")
-    hsum = m1.get("vd_match_seconds_sum", 0) - m0.get("vd_match_seconds_sum", 0)
-    row("daemon match time mean", "%.2f ms" % (1000 * hsum / max(matches, 1)))
-    row("Redis round trips per match (vd_redis_calls / vd_matches)",
-        "%.2f  (%d / %d)" % (calls / max(matches, 1), calls, matches))
-    row("Redis FCALL + FCALL_RO per match (INFO commandstats)",
-        "%.2f  (fcall %d + fcall_ro %d)" % ((fc[0] + fro[0]) / max(matches, 1), fc[0], fro[0]))
-    inner = sorted(((k, v) for k, v in cs.items() if k not in ("fcall", "fcall_ro", "info")),
-                   key=lambda kv: -kv[1][0])
-    row("commands run inside the Functions, per match",
-        ", ".join("%s %.1f" % (k, v[0] / max(matches, 1)) for k, v in inner[:7]))
-    geo = cs.get("geosearch", (0, 0))
-    row("GEOSEARCH per vd_search call / usec per GEOSEARCH inside the Functions",
-        "%.2f / %.1f us  (more than 1: the skill set had nobody in range, so vd_search counted "
-        "the pool too)" % (geo[0] / max(fro[0], 1), geo[1] / max(geo[0], 1)))
-    row("Redis time inside the Functions per match, by command",
-        ", ".join("%s %.0f us" % (k, v[1] / max(matches, 1)) for k, v in
-                  sorted(inner, key=lambda kv: -kv[1][1])[:6]))
-    row("Redis usec_per_call: fcall_ro (vd_search) / fcall (admit, offer, finish, settle)",
-        "%.1f / %.1f us" % (fro[1] / max(fro[0], 1), fc[1] / max(fc[0], 1)))
-    busy_us = fro[1] + fc[1]
-    row("Redis time in Functions per match / share of the burst",
-        "%.1f us / %.0f%% of one core" % (busy_us / max(matches, 1), 100 * busy_us / 1e6 / burst_wall))
-    for n in pids:
-        row("CPU during the burst: %s" % n, "%.2f s  (%.0f%% of one core; %.0f%% from 10%% to 90%%)"
-            % (cpu[n], 100 * cpu[n] / burst_wall,
-               100 * cpu_between(n, t10 or t_start, t90 or t_done)))
-
-    td = thread_delta(threads0, threads1)
-    row("vdispatchd CPU by thread", ", ".join("%s %.2f s" % (n, c) for n, c in td[:8]))
-
-    section("Side by side, same run, same Redis, same pool (ratios)")
-    print("  (a) daemon vs raw GEOSEARCH capacity of this Redis (pipelined, radius %d m, COUNT %d,"
-          " one per request)" % (RADIUS_START_M, CANDIDATES))
-    row("raw GEOSEARCH, pool as loaded", "%s  (%.1f found each, %.1f us/call in Redis, Redis %.0f%%"
-        " busy, client %.0f%%)" % (fmt_rate(geo_rate), geo_full["found"], geo_full["usec"],
-                                   100 * geo_full["redis_cpu"] / geo_full["wall"],
-                                   100 * geo_full["py_cpu"] / geo_full["wall"]))
-    row("raw GEOSEARCH, pool as the burst left it", "%s  (%.1f found each, %.1f us/call in Redis, "
-        "Redis %.0f%% busy)" % (fmt_rate(geo_after_rate), geo_after["found"], geo_after["usec"],
-                                100 * geo_after["redis_cpu"] / geo_after["wall"]))
-    geo_cap = geo_full["n"] / geo_full["redis_cpu"] if geo_full["redis_cpu"] > 0 else float("nan")
-    row("Redis-bound search capacity, pool as loaded (searches / Redis CPU s)", fmt_rate(geo_cap))
-    row("daemon requests/s (Kafka ts, first request -> last outcome)", fmt_rate(daemon_rate))
-    row("daemon / raw GEOSEARCH (pool as loaded)", "%.3f" % (daemon_rate / geo_rate))
-    row("daemon / raw GEOSEARCH (pool as left)", "%.3f" % (daemon_rate / geo_after_rate))
-    row("daemon / Redis-bound search capacity (pool as loaded)", "%.3f" % (daemon_rate / geo_cap))
-    print("  (b) daemon vs the same match logic in plain Python, one request at a time, same Redis,")
-    print("      an identical copy of the pool, requests from a pre-generated list: NO Kafka on the")
-    print("      Python side (no consume, no publish); offers and unmatched via the library's offer/finish Functions")
-    for label, r, rate in (("Python, one command per round trip", pa, pa_rate),
-                           ("Python, each step's reads pipelined", pp, pp_rate)):
-        row(label, "%s  (%.2f s; %.1f round trips/match; outcomes %s)" % (
-            fmt_rate(rate), r["wall"], r["round_trips"] / r["matches"],
-            ", ".join("%s %d" % kv for kv in sorted(r["outcomes"].items()))))
-    row("daemon / Python one-command-per-round-trip", "%.2f" % (daemon_rate / pa_rate))
-    row("daemon / Python pipelined", "%.2f" % (daemon_rate / pp_rate))
-    print("  (c) CPU per match")
-    row("daemon: vdispatchd CPU / match", "%.1f us" % (1e6 * cpu["vdispatchd"] / max(matches, 1)))
-    row("daemon: redis-server CPU / match", "%.1f us" % (1e6 * cpu["redis-server"] / max(matches, 1)))
-    if "vd-kafka-mock" in cpu:
-        row("daemon: vd-kafka-mock CPU / match", "%.1f us" % (1e6 * cpu["vd-kafka-mock"] / max(matches, 1)))
-    for label, r in (("Python 1 cmd/round trip", pa), ("Python pipelined", pp)):
-        row("%s: client / redis-server CPU per match" % label, "%.1f / %.1f us" % (
-            1e6 * r["py_cpu"] / r["matches"], 1e6 * r["redis_cpu"] / r["matches"]))
-    row("redis-server CPU per match: daemon / Python pipelined", "%.2f" % (
-        cpu["redis-server"] / max(matches, 1) / (pp["redis_cpu"] / pp["matches"])))
-    row("raw GEOSEARCH: redis-server CPU per search", "%.1f us" % (
-        1e6 * geo_full["redis_cpu"] / geo_full["n"]))
+    print("=" * 110)
+    print("vdispatchd benchmark: %d available volunteers; %d requests paced at %s, then %d at once; "
+          "direct mode" % (a.volunteers, a.paced, fmt_rate(a.rate), a.burst))
+    print("machine: %d cores, load before %s, now %s" % (os.cpu_count(), a.load_before or "?", loadavg()))
+    print("=" * 110)
+    head = "%-34s %10s %22s %22s %9s %10s %9s" % ("program", "matches/s", "paced p50/p95/p99 ms",
+                                                "burst p50/p95/p99 ms", "peak RSS", "CPU µs/m", "Redis µs/m")
+    print(head)
+    print("-" * len(head))
+    if geo:
+        print("%-34s %10.0f %22s %22s %9s %10s %9.1f" % ("raw Redis: GEOSEARCH alone", geo["rate"], "-", "-",
+                                                       "-", "-", geo["redis_cpu"] * 1e6 / geo["n"]))
+    if raw:
+        print("%-34s %10.0f %22s %22s %9s %10s %9s" % ("raw Redis: the daemon's Functions", raw["rate"],
+                                                     "-", "-", "-", "-", us(raw["redis_cpu"], raw["matches"])))
+    if k:
+        print("%-34s %10.0f %22s %22s %8.1fM %10s %9s" % ("Kafka path: vd-echo, 3 outputs", k["rate"],
+                                                        lat(k, "paced"), lat(k, "burst"), k["rss_kib"] / 1024,
+                                                        us(k["cpu"].get("vd-echo", 0), n), "-"))
+    print("%-34s %10.0f %22s %22s %8.1fM %10s %9s" % ("vdispatchd", d["rate"], lat(d, "paced"),
+                                                    lat(d, "burst"), d["rss_kib"] / 1024,
+                                                    us(d["cpu"].get("vdispatchd", 0), n),
+                                                    us(d["cpu"].get("redis-server", 0), n)))
+    if py:
+        print("%-34s %10.0f %22s %22s %8.1fM %10s %9s" % ("Python worker (confluent-kafka)", py["rate"],
+                                                        lat(py, "paced"), lat(py, "burst"),
+                                                        py["rss_kib"] / 1024, us(py["cpu"].get("python", 0), n),
+                                                        us(py["cpu"].get("redis-server", 0), n)))
     print()
-    if sampler.error:
-        print("note: some /metrics samples failed: " + sampler.error)
-    return 0
+    print("vdispatchd: %d matches, %d Redis calls (%.3f per match: %s); outcomes %s" % (
+        d["matches"], d["calls"], d["calls"] / max(d["matches"], 1),
+        ", ".join("%s %d" % kv for kv in sorted(d["by_kind"].items()) if kv[1]), d["kinds"]))
+    cs = d["cmdstats"]
+    print("  Redis commandstats over paced + burst: %s" % ", ".join(
+        "%s %d calls %.0f µs each" % (c, v[0], v[1] / max(v[0], 1)) for c, v in sorted(cs.items()) if v[0] >= 10))
+    print("  peak RSS %.1f MiB during the run (VmHWM since start %.1f MiB)" % (d["rss_kib"] / 1024, d["hwm_kib"] / 1024))
+    if raw:
+        print("raw Functions: %d calls replayed (%s), %d error replies" % (
+            raw["calls"], ", ".join("%s %d" % kv for kv in raw["by_fn"].most_common()), raw["errors"]))
+    print()
+    print("ratios, this run (targets in parentheses):")
+    limits = [x for x in ((k or {}).get("rate"), (raw or {}).get("rate")) if x]
+    if limits:
+        print("  matches/s / lower limit (Kafka path, raw Functions): %.2f  (>= 0.8)" % (d["rate"] / min(limits)))
+    if raw:
+        print("  Redis CPU per match / raw Functions': %.2f  (<= 2)" % (
+            (d["cpu"].get("redis-server", 0) / n) / max(raw["redis_cpu"] / max(raw["matches"], 1), 1e-9)))
+    if k:
+        print("  paced p99 - Kafka path's: %+.1f ms  (<= 2)" % (percentile(d["paced"], .99) - percentile(k["paced"], .99)))
+    print("  peak RSS: %.1f MiB  (<= 32)" % (d["rss_kib"] / 1024))
+    if py:
+        print("  vs the Python worker: %.1fx matches/s, paced p99 %.1f vs %.1f ms, Redis CPU per match %.2fx" % (
+            d["rate"] / py["rate"], percentile(d["paced"], .99), percentile(py["paced"], .99),
+            d["cpu"].get("redis-server", 0) / max(py["cpu"].get("redis-server", 1e-9), 1e-9)))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    if len(sys.argv) > 1 and sys.argv[1] == "worker":
+        worker(sys.argv[2:])
+    else:
+        main()

@@ -1,25 +1,31 @@
 #!/usr/bin/env bash
-# Benchmarks vdispatchd on this machine and prints figures: it builds (Release), starts a
-# private redis-server, the embedded Kafka (vd-kafka-mock) and vdispatchd (direct assignment,
-# log.level=warn, /metrics on a free port), loads an available pool of volunteers around
-# Hohhot's centre, produces a burst of residents' requests and measures throughput, latency,
-# Redis round trips and CPU per match. In the same run, on the same Redis and an identical
-# copy of the pool, it measures two baselines (scripts/bench.py): raw pipelined GEOSEARCH
-# (Redis' search capacity) and a plain Python implementation of the same match logic, and
-# prints the daemon's figures as ratios to them. Figures only: nothing is asserted, the exit
-# status says whether the run completed, not whether it was fast.
+# Benchmarks vdispatchd against the limits of its parts, side by side in one run, and prints
+# figures and ratios (scripts/bench.py). It builds (Release), starts a private redis-server,
+# the embedded Kafka (vd-kafka-mock) and vdispatchd (direct assignment, log.level=warn,
+# /metrics on a free port), generates one seeded Hohhot scenario (an available pool, requests
+# paced at a steady rate, then a burst) and runs the same requests through: the Kafka path
+# alone (vd-echo, a worker that makes a match's outputs and does no matching), the raw Redis
+# limit (the daemon's own Functions, recorded and replayed pipelined; GEOSEARCH alone),
+# vdispatchd, and a plain Python worker (confluent-kafka). It prints matches/s, paced and
+# burst latency percentiles (request produced -> outcome consumed), peak RSS, CPU and Redis
+# CPU per match, Redis calls per match, and the ratios against the targets of
+# docs/performance.md. Figures only: nothing is asserted; the exit status says whether the
+# run completed, not whether it was fast.
 #
-# Usage: scripts/bench.sh [--volunteers N] [--requests N] [--quick] [options]
-#   --volunteers N   available volunteers loaded before the burst (default 20000)
-#   --requests N     requests in the burst (default 20000)
-#   --quick          smoke run: 2000 volunteers, 2000 requests (explicit sizes still win)
-#   --partitions N   partitions of vd.requests, i.e. how many requests the daemon matches at
-#                    once (it runs one job per partition at a time; default 4, as the demo)
+# Usage: scripts/bench.sh [--quick] [--volunteers N] [--paced N] [--rate R] [--burst N] [options]
+#   --volunteers N   available volunteers (default 20000)
+#   --paced N        requests produced at a steady rate first (default 1000)
+#   --rate R         their rate, per second (default 250)
+#   --burst N        requests produced at once afterwards (default 50000)
+#   --quick          smoke run: 2000 volunteers, 300 paced, 5000 in the burst (explicit sizes win)
+#   --partitions N   partitions of every request topic (default: 8, more for a large burst)
+#   --skip LIST      leave out rows: kafka, raw, python (comma-separated)
 #   --seed N         scenario seed (default 1)
-#   --keep           keep the temp dir (logs, configs, topic dumps); also kept on failure
-# Env: VD_BENCH_TIMEOUT (seconds allowed for the burst, default 300), VD_BUILD_DIR (default
+#   --keep           keep the temp dir (logs, configs, collected topics); also kept on failure
+# Env: VD_BENCH_TIMEOUT (seconds allowed per phase, default 300), VD_BUILD_DIR (default
 # <source>/build), TMPDIR, VD_BENCH_SET (extra daemon settings, space-separated
-# section.key=value). The system Redis and any other running instance are left alone.
+# section.key=value, e.g. "matching.batch_window_ms=20"). The system Redis and any other
+# running instance are left alone.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -30,9 +36,12 @@ source "$ROOT/scripts/lib.sh"
 
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 volunteers=""
-requests=""
+paced=""
+rate=250
+burst=""
 quick=0
-partitions=4
+partitions=""
+skip=""
 seed=1
 VD_KEEP=0
 timeout=${VD_BENCH_TIMEOUT:-300}
@@ -42,7 +51,10 @@ vd_set_args VD_BENCH_SET
 while [ $# -gt 0 ]; do
   case "$1" in
     --volunteers) vd_need_arg "$@"; volunteers=$2; shift 2 ;;
-    --requests) vd_need_arg "$@"; requests=$2; shift 2 ;;
+    --paced) vd_need_arg "$@"; paced=$2; shift 2 ;;
+    --rate) vd_need_arg "$@"; rate=$2; shift 2 ;;
+    --burst) vd_need_arg "$@"; burst=$2; shift 2 ;;
+    --skip) vd_need_arg "$@"; skip=$2; shift 2 ;;
     --quick) quick=1; shift ;;
     --partitions) vd_need_arg "$@"; partitions=$2; shift 2 ;;
     --seed) vd_need_arg "$@"; seed=$2; shift 2 ;;
@@ -53,17 +65,31 @@ while [ $# -gt 0 ]; do
 done
 if [ "$quick" = 1 ]; then
   volunteers=${volunteers:-2000}
-  requests=${requests:-2000}
+  paced=${paced:-300}
+  burst=${burst:-5000}
 fi
 volunteers=${volunteers:-20000}
-requests=${requests:-20000}
-for v in volunteers requests partitions seed timeout; do
+paced=${paced:-1000}
+burst=${burst:-50000}
+# The mock keeps at most 5 MiB per partition (about 6,000 requests, 5,000 outputs of three).
+if [ -z "$partitions" ]; then
+  partitions=$(( (paced + burst + 4999) / 5000 )); [ "$partitions" -ge 8 ] || partitions=8
+fi
+for v in volunteers paced burst rate partitions seed timeout; do
   [[ ${!v} =~ ^[0-9]+$ ]] || { echo "bench: error: $v must be a whole number, got '${!v}'" >&2; exit 2; }
 done
 [ "$volunteers" -ge 100 ] || { echo "bench: error: --volunteers must be at least 100" >&2; exit 2; }
-[ "$requests" -ge 100 ] || { echo "bench: error: --requests must be at least 100" >&2; exit 2; }
-{ [ "$partitions" -ge 1 ] && [ "$partitions" -le 64 ]; } || { echo "bench: error: --partitions must be 1..64" >&2; exit 2; }
-vd_need_tools cmake redis-server redis-cli kcat python3 curl mkfifo
+[ "$paced" -ge 10 ] || { echo "bench: error: --paced must be at least 10" >&2; exit 2; }
+[ "$burst" -ge 100 ] || { echo "bench: error: --burst must be at least 100" >&2; exit 2; }
+[ "$rate" -ge 1 ] || { echo "bench: error: --rate must be at least 1" >&2; exit 2; }
+{ [ "$partitions" -ge 1 ] && [ "$partitions" -le 128 ]; } || { echo "bench: error: --partitions must be 1..128" >&2; exit 2; }
+vd_need_tools cmake redis-server redis-cli python3 curl mkfifo
+# The Python reference's Kafka client (Debian's package, for Debian's python3).
+if ! dpkg-query -W -f='${Status}' python3-confluent-kafka 2>/dev/null | grep -q "install ok installed"; then
+  vd_say "installing python3-confluent-kafka (the Python reference's Kafka client)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-confluent-kafka >/dev/null ||
+    vd_say "could not install python3-confluent-kafka: the Python row is left out"
+fi
 
 # ---- clean-up: whatever happens, stop what we started and remove the temp dir ----------------
 # (kept on request, and after a failure, for its logs; not after an interrupt)
@@ -87,9 +113,16 @@ vd_start_redis
 # least 4); bench.py refuses a request topic whose partitions would overflow.
 
 vol_parts=$(( (volunteers + 7999) / 8000 )); [ "$vol_parts" -ge 4 ] || vol_parts=4
-out_parts=$(( (requests + 4999) / 5000 )); [ "$out_parts" -ge 4 ] || out_parts=4
-vd_start_kafka_mock "$build" "vd.requests:$partitions" "vd.volunteers:$vol_parts" vd.responses:4 \
-  "vd.assignments:$out_parts" "vd.notifications:$out_parts" vd.deadletter:2
+out_parts=$(( (paced + burst + 1999) / 2000 )); [ "$out_parts" -ge 4 ] || out_parts=4
+# Every program has topics of its own: vd.* the daemon, kp.* the Kafka path (vd-echo), cap.* the
+# daemon whose Redis calls are recorded, py.* the Python worker.
+topics=()
+for t in vd kp cap py; do
+  topics+=("$t.requests:$partitions" "$t.assignments:$out_parts" "$t.notifications:$out_parts")
+done
+topics+=("vd.volunteers:$vol_parts" "cap.volunteers:$vol_parts" vd.responses:4 cap.responses:4
+         vd.deadletter:2 cap.deadletter:2)
+vd_start_kafka_mock "$build" "${topics[@]}"
 brokers=$VD_BROKERS
 vd_say "Kafka mock cluster at $brokers (pid $VD_MOCK_PID; vd.requests has $partitions partitions)"
 
@@ -113,8 +146,8 @@ rc=0
 python3 "$ROOT/scripts/bench.py" \
   --redis-port "$VD_REDIS_PORT" --redis-pid "$VD_REDIS_PID" \
   --mock-pid "$VD_MOCK_PID" --brokers "$brokers" --metrics "http://127.0.0.1:$http_port/metrics" --daemon-pid "$VD_DAEMON_PID" \
-  --build "$build" --workdir "$tmp" --volunteers "$volunteers" --requests "$requests" \
-  --partitions "$partitions" --seed "$seed" --timeout "$timeout" --config "$tmp/effective.conf" \
+  --build "$build" --workdir "$tmp" --volunteers "$volunteers" --paced "$paced" --rate "$rate" \
+  --burst "$burst" --skip "$skip" --seed "$seed" --timeout "$timeout" --config "$tmp/effective.conf" \
   --load-before "$load_before" || rc=$?
 if [ $rc -ne 0 ]; then
   vd_show_tail "$tmp/daemon.log"

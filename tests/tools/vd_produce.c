@@ -9,7 +9,8 @@
  * within a partition. QUEUE_FULL is handled by serving delivery reports and retrying, so any
  * count works with bounded memory. At EOF it waits until every message has a delivery report:
  * all delivered prints `produced N` and exits 0; otherwise the first delivery error goes to
- * stderr and the exit status is 1 (2 for bad usage or malformed input). */
+ * stderr and the exit status is 1 (2 for bad usage or malformed input). -r RATE paces the
+ * messages (RATE per second, each produced at its time: a benchmark's steady load). */
 #include <errno.h>
 #include <inttypes.h>
 #include <signal.h>
@@ -17,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <librdkafka/rdkafka.h>
 
@@ -34,7 +36,7 @@ struct produce_state {
 
 static void usage(FILE *out) {
     fprintf(out,
-            "usage: vd-produce -b BOOTSTRAP -t TOPIC [-p PARTITION] [-X PROP=VALUE]...\n"
+            "usage: vd-produce -b BOOTSTRAP -t TOPIC [-p PARTITION] [-r RATE] [-X PROP=VALUE]...\n"
             "\n"
             "Reads frames from stdin and produces one Kafka message per frame, in order:\n"
             "  u32be key_len (0xFFFFFFFF = NULL key), key bytes,\n"
@@ -42,6 +44,7 @@ static void usage(FILE *out) {
             "Defaults: enable.idempotence=true, acks=all, linger.ms=5,\n"
             "message.max.bytes=4194304, message.timeout.ms=60000 (-X overrides them).\n"
             "-p sends every message to one partition (default: the keyed partitioner).\n"
+            "-r produces RATE messages per second, each at its time (default: at once).\n"
             "On success prints `produced N` and exits 0; a delivery error is printed to\n"
             "stderr with exit 1; bad usage or a truncated frame exits 2.\n");
 }
@@ -204,12 +207,34 @@ static int produce_one(rd_kafka_t *rk, const char *topic, int32_t partition, con
     }
 }
 
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* Waits until the monotonic time t, serving delivery reports meanwhile. */
+static void pace_until(double t, rd_kafka_t *rk) {
+    for (;;) {
+        double left = t - now_s();
+        if (left <= 0) return;
+        if (left > 0.002) {
+            rd_kafka_poll(rk, 0);
+            left = t - now_s();
+            if (left <= 0) return;
+        }
+        struct timespec ts = {(time_t)left, (long)((left - (double)(time_t)left) * 1e9)};
+        nanosleep(&ts, NULL);
+    }
+}
+
 int main(int argc, char **argv) {
     struct produce_state st;
     const char *brokers = NULL, *topic = NULL;
     char **props = NULL;
     int prop_cnt = 0;
     int32_t partition = RD_KAFKA_PARTITION_UA;
+    double rate = 0;
     rd_kafka_t *rk = NULL;
     char *key = NULL, *val = NULL;
     size_t key_cap = 0, val_cap = 0;
@@ -245,6 +270,17 @@ int main(int argc, char **argv) {
             }
             partition = (int32_t)p;
             i++;
+        } else if (strcmp(a, "-r") == 0 && val_arg != NULL) {
+            char *end;
+
+            errno = 0;
+            rate = strtod(val_arg, &end);
+            if (errno != 0 || *end != '\0' || !(rate > 0 && rate <= 1e7)) {
+                fprintf(stderr, "vd-produce: bad rate '%s' (messages per second, > 0)\n", val_arg);
+                free(props);
+                return 2;
+            }
+            i++;
         } else if (strcmp(a, "-X") == 0 && val_arg != NULL) {
             props[prop_cnt++] = val_arg;
             i++;
@@ -266,6 +302,7 @@ int main(int argc, char **argv) {
     props = NULL;
     if (rk == NULL) return 2;
 
+    double t0 = now_s();
     for (;;) {
         uint32_t key_len, val_len;
         int key_null, val_null, r;
@@ -280,6 +317,7 @@ int main(int argc, char **argv) {
             rc = 2;
             goto out;
         }
+        if (rate > 0) pace_until(t0 + (double)st.submitted / rate, rk);
         if (produce_one(rk, topic, partition, key, key_len, key_null, val, val_len, val_null,
                         &st) != 0)
             goto out;
