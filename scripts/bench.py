@@ -939,6 +939,7 @@ def raw_functions(a, vbin, burst_bin, burst_keys, redis):
         if not wait_for(lambda: scrape(url).get("vd_consumed_total", 0) >= nvol and
                         scrape(url).get("vd_jobs_in_memory", 1) == 0, 300, 0.5):
             die("the capture daemon did not take the pool in 300 s")
+        time.sleep(1.0)  # MONITOR's stream lags the calls it reports
         mark = len(mon.cmds)
         produce(a.build, a.brokers, "cap.requests", burst_bin)
         if not wait_for(lambda: scrape(url).get("vd_matches_total", 0) >= len(burst_keys) and
