@@ -103,6 +103,8 @@ void vd_argf(struct vd_args *a, const char *fmt, ...) {
 
 /* ---- job life ---- */
 
+static void apply_backpressure(struct vd_dispatch *d);
+
 static void job_free(struct vd_job *j) {
     struct vd_dispatch *d = j->d;
     if (j->all_prev) j->all_prev->all_next = j->all_next; else d->all = j->all_next;
@@ -115,10 +117,7 @@ static void job_free(struct vd_job *j) {
     } else {
         d->stats.inputs_in_memory--;
         /* Back-pressure: below the limit, intake takes messages again at once. */
-        if (d->full && !d->stopping && d->stats.inputs_in_memory < (uint64_t)d->cfg->max_inflight) {
-            d->full = 0;
-            vd_kafka_hold(d->kafka, 0);
-        }
+        if (d->full && !d->stopping) apply_backpressure(d);
     }
     free(j->payload);
     free(j->error);
