@@ -214,6 +214,16 @@ static void http_metrics(void *arg, struct vd_metrics_buf *out) {
     vd_metrics_counter(out, "vd_rebalances_total", "Consumer group rebalances.", ks->rebalances);
     vd_metrics_gauge(out, "vd_jobs_in_memory", "Input messages and due runs held in memory.",
                      (double)st->jobs_in_memory);
+    uint64_t where[VD_WHERE__COUNT];
+    vd_dispatch_where(s->dispatch, where);
+    if (!vd_metrics_header(out, "vd_jobs_by_stage", "Jobs in memory by where they are: queued in "
+                           "their partition, running their own Redis call, waiting for their "
+                           "pool's next matching round, in a round, waiting for Kafka's "
+                           "acknowledgement of their outputs.", VD_METRICS_GAUGE))
+        for (int i = 0; i < VD_WHERE__COUNT; i++) {
+            struct vd_metrics_label l = {"stage", vd_job_where_name(i)};
+            vd_metrics_sample_u64(out, "vd_jobs_by_stage", &l, 1, where[i]);
+        }
     vd_metrics_gauge(out, "vd_inputs_in_memory",
                      "Input messages held in memory (bounded by daemon.max_inflight).",
                      (double)st->inputs_in_memory);

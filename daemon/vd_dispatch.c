@@ -16,7 +16,7 @@
  *
  * Due runs (a request whose deadline came) are internal jobs in a part of their own, taken
  * from Redis' due set every cron tick whatever the intake does. Published facts are settled
- * in batches (vd3_settle), and stale volunteer records swept (vd3_sweep) once a second. */
+ * in batches (vd4_settle), and stale volunteer records swept (vd4_sweep) once a second. */
 #include "vd_dispatch.h"
 
 #include <stdarg.h>
@@ -32,8 +32,8 @@
 #include "vd_redis.h"
 
 #define MAX_REDIS_ERRORS 5 /* unexpected error replies before a job is dead-lettered */
-#define DUE_BATCH 64       /* requests taken per vd3_due call */
-#define MAX_TIMER_JOBS 256 /* due runs in memory before vd3_due waits */
+#define DUE_BATCH 64       /* requests taken per vd4_due call */
+#define MAX_TIMER_JOBS 256 /* due runs in memory before vd4_due waits */
 #define SWEEP_EVERY_MS 1000
 #define SWEEP_BATCH 256
 #define KICK_SCAN 64 /* queued jobs looked at per start, past those blocked by a running key */
@@ -627,6 +627,23 @@ int vd_dispatch_idle(const struct vd_dispatch *d) {
 }
 
 const struct vd_dispatch_stats *vd_dispatch_stats(const struct vd_dispatch *d) { return &d->stats; }
+
+const char *vd_job_where_name(enum vd_job_where w) {
+    static const char *const names[VD_WHERE__COUNT] = {"queued", "running", "round_wait", "round",
+                                                       "acks"};
+    return (unsigned)w < VD_WHERE__COUNT ? names[w] : "?";
+}
+
+void vd_dispatch_where(const struct vd_dispatch *d, uint64_t counts[VD_WHERE__COUNT]) {
+    memset(counts, 0, VD_WHERE__COUNT * sizeof *counts);
+    for (const struct vd_job *j = d->all; j; j = j->all_next) {
+        enum vd_job_where w = j->stage == VD_STAGE_PUBLISHED ? VD_WHERE_ACKS
+                              : j->pool ? (j->stage == VD_STAGE_QUEUED ? VD_WHERE_ROUND_WAIT : VD_WHERE_ROUND)
+                              : j->stage == VD_STAGE_QUEUED ? VD_WHERE_QUEUED
+                                                            : VD_WHERE_RUNNING;
+        counts[w]++;
+    }
+}
 
 void vd_dispatch_free(struct vd_dispatch *d) {
     if (!d) return;

@@ -3,7 +3,7 @@
  * Every consumed message becomes a job. Jobs of one partition overlap, except that jobs about
  * the same request or volunteer run in offset order. A job decodes its event (invalid: one
  * dead letter), runs its Redis Functions (a request is matched in its pool's rounds,
- * vd_round.c: vd3_round, then vd3_claim, for many requests at once), then produces its outputs. It is finished once Kafka acknowledged every
+ * vd_round.c: vd4_round, then vd4_claim, for many requests at once), then produces its outputs. It is finished once Kafka acknowledged every
  * output; only then does its offset count toward the partition's commit watermark
  * (vd_offsets). A Redis outage (connection lost, or Redis up but refusing) puts the job back
  * at the head of its partition to run again once Redis takes writes; every Function is
@@ -52,9 +52,9 @@ enum vd_offer_result {
 /* What a Redis call was for (vd_redis_calls_by_kind_total{kind}). */
 enum vd_call_kind {
     VD_CALL_STEP = 0, /* an input's or a due run's step: a volunteer event, an answer, a cancel... */
-    VD_CALL_ROUND,    /* a matching round's first half (vd3_round) */
-    VD_CALL_WIDEN,    /* more candidates for some of its requests (vd3_round again) */
-    VD_CALL_CLAIM,    /* its second half (vd3_claim) */
+    VD_CALL_ROUND,    /* a matching round's first half (vd4_round) */
+    VD_CALL_WIDEN,    /* more candidates for some of its requests (vd4_round again) */
+    VD_CALL_CLAIM,    /* its second half (vd4_claim) */
     VD_CALL_SETTLE,   /* facts acknowledged by Kafka (batched) */
     VD_CALL_DUE,      /* taking due requests */
     VD_CALL_SWEEP,    /* sweeping silent volunteers */
@@ -62,7 +62,7 @@ enum vd_call_kind {
 };
 
 /* How long a running step may hold a request before any instance takes it up again: a
- * search in progress, or facts waiting for Kafka (see vd3_settle in vdispatch.lua). */
+ * search in progress, or facts waiting for Kafka (see vd4_settle in vdispatch.lua). */
 #define VD_LEASE_MS 5000
 
 struct vd_dispatch_stats {
@@ -123,6 +123,21 @@ void vd_dispatch_flush(struct vd_dispatch *d);
 int vd_dispatch_idle(const struct vd_dispatch *d);
 
 const struct vd_dispatch_stats *vd_dispatch_stats(const struct vd_dispatch *d);
+
+/* Where the jobs in memory are: queued in their partition, running an input's own Redis call,
+ * waiting for their pool's next matching round, in a round, or done with Redis and waiting
+ * for Kafka to acknowledge their outputs. */
+enum vd_job_where {
+    VD_WHERE_QUEUED = 0,
+    VD_WHERE_RUNNING,
+    VD_WHERE_ROUND_WAIT,
+    VD_WHERE_ROUND,
+    VD_WHERE_ACKS,
+    VD_WHERE__COUNT
+};
+const char *vd_job_where_name(enum vd_job_where w);
+/* Counts the jobs in memory by where they are (one walk of them: for a scrape, not a loop). */
+void vd_dispatch_where(const struct vd_dispatch *d, uint64_t counts[VD_WHERE__COUNT]);
 const char *vd_unmatched_reason_name(enum vd_unmatched_reason r);
 const char *vd_offer_result_name(enum vd_offer_result r);
 const char *vd_call_kind_name(enum vd_call_kind k);

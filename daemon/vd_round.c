@@ -2,21 +2,23 @@
  *
  * A request that needs volunteers (new, its scheduled start reached, a place reopened by a
  * decline or a timeout) joins its pool's next round. A round starts when the previous one of
- * its pool has ended and matching.batch_window_ms has passed since its oldest request joined
+ * its pool has sent its claim (the two calls are ordered on the one connection: the next round
+ * sees what the claim took, while the daemon publishes the previous round's outcomes) and
+ * matching.batch_window_ms has passed since its oldest request joined
  * (0: at once, so a lone request is matched without waiting and rounds grow by themselves
  * under load); a round holding an urgent request waits matching.urgent_window_ms at most. A
  * round takes a few Redis calls, whatever its size (up to matching.max_round requests):
- *   vd3_round  admits its new requests and returns every request's candidate edges (the
+ *   vd4_round  admits its new requests and returns every request's candidate edges (the
  *              nearest eligible volunteers, with distance and load), its need, and how far it
  *              saw every volunteer;
  *   (here)     the assignment is solved (common/vd_assign.c): the most need served first,
  *              then the least cost. The solve also says, per request, how cheap an edge it
  *              has not seen would have to be to change the answer; the requests that did not
- *              see that far are searched again, wider (vd3_round, "widen" calls, at most
+ *              see that far are searched again, wider (vd4_round, "widen" calls, at most
  *              MAX_WIDENINGS), and the round solved again: so a round's answer is the optimum
  *              over every volunteer of the pool, not only over the candidates first fetched
  *              (unless the widenings ran out: vd_rounds_uncertain_total);
- *   vd3_claim  offers or confirms the chosen pairs, each re-checked atomically, and ends
+ *   vd4_claim  offers or confirms the chosen pairs, each re-checked atomically, and ends
  *              unmatched the requests nobody can serve.
  * A request whose chosen volunteer was taken meanwhile, or that lost its candidates to
  * requests in greater need while more may lie further out, joins the next round; after
@@ -291,10 +293,11 @@ static void round_free(struct vd_round *r) {
     free(r);
 }
 
-/* The round is over: the pool's next one may start. */
+/* The round is over: the pool's next one may start (it may have started already, once this
+ * one's claim was sent). */
 static void round_done(struct vd_round *r) {
     struct vd_dispatch *d = r->d;
-    r->pool->round = NULL;
+    if (r->pool->round == r) r->pool->round = NULL;
     round_free(r);
     vd_round_kick(d);
 }
@@ -380,7 +383,7 @@ static void request_args(struct vd_job *j, struct argv *a) {
 
 static void on_gathered(struct vd_redis *rc, redisReply *reply, void *arg);
 
-/* Sends vd3_round for jobs[0..n): count candidates each; cb gets the reply. On a synchronous
+/* Sends vd4_round for jobs[0..n): count candidates each; cb gets the reply. On a synchronous
  * failure the jobs wait for Redis and the round ends. */
 static void gather(struct vd_round *r, struct vd_job **jobs, int n, int count, vd_redis_cb *cb) {
     struct vd_dispatch *d = r->d;
@@ -431,7 +434,7 @@ static void start_round(struct vd_dispatch *d, struct vd_pool *p) {
     gather(r, r->jobs, r->n, cfg->candidates, on_gathered);
 }
 
-/* ---- after vd3_round: the edges, the solve ---- */
+/* ---- after vd4_round: the edges, the solve ---- */
 
 /* Reads one request's entry of the round's reply; returns 1 when it is a row of the
  * assignment (it wants volunteers and may have edges), 0 when its matching is over. */
@@ -605,7 +608,7 @@ static void solve(struct vd_round *r) {
     free(bound);
 }
 
-/* The outcome document of a request that ends unmatched (vd3_claim completes it). */
+/* The outcome document of a request that ends unmatched (vd4_claim completes it). */
 static char *unmatched_doc(struct vd_job *j, enum vd_unmatched_reason reason) {
     const struct vd_event *ev = j->req;
     json_t *filtered = json_object();
@@ -624,7 +627,7 @@ static char *unmatched_doc(struct vd_job *j, enum vd_unmatched_reason reason) {
     return doc;
 }
 
-/* What a row of the assignment asks of vd3_claim: offers to its chosen volunteers, an
+/* What a row of the assignment asks of vd4_claim: offers to its chosen volunteers, an
  * unmatched outcome, or nothing yet (it joins the next round). Returns 1 when it is in the
  * claim call. */
 static int claim_args(struct vd_job *j, struct argv *a) {
@@ -790,11 +793,19 @@ static void claim(struct vd_round *r) {
         return;
     }
     argv_free(&a);
+    /* The claim is on its way: the pool's next round may start now. Its call goes behind the
+     * claim on the one connection, so Redis runs it after the claim and it sees what the claim
+     * took; meanwhile the daemon publishes this round's outcomes. */
+    r->pool->round = NULL;
+    vd_round_kick(d);
 }
 
 static void on_claimed(struct vd_redis *rc, redisReply *reply, void *arg) {
     struct vd_round *r = arg;
     (void)rc;
+    /* The jobs that rejoin wait for the pool's next round together (round_done() kicks it),
+     * not each in a round of its own. */
+    if (!r->pool->round) r->pool->round = r;
     if (!reply || reply->type != REDIS_REPLY_ARRAY || (int)reply->elements != r->nclaimed) {
         if (reply && reply->type != REDIS_REPLY_ERROR)
             vd_error("round of %d requests: unexpected reply from %s", r->nclaimed, VD_FN("claim"));

@@ -1,8 +1,9 @@
-#!lua name=vdispatch_3
+#!lua name=vdispatch_4
 --[[
-The vdispatch Redis Function library, version 3: every state change of volunteers and
-requests, each one atomic. The version is in the library's name and in every function's name
-(vd3_*), so that two versions can run side by side during a rolling upgrade: vdispatchd loads
+The vdispatch Redis Function library, version 4: every state change of volunteers and
+requests, each one atomic. Version 4 keeps version 3's keys and data (the two run side by
+side) and searches with fewer GEOSEARCH calls. The version is in the library's name and in every function's name
+(vd4_*), so that two versions can run side by side during a rolling upgrade: vdispatchd loads
 its own version when it is missing and never replaces another one (see daemon/vd_redis.c).
 
 Keys (P is the configured key prefix, "vd:" by default; it ends with ':' and holds no '/'; IDs
@@ -34,11 +35,11 @@ deployment's prefix can reach another deployment's keys):
                         (scheduled start, offer deadline, expires_at, task timeout, lease)
   P.."res/"..resident   the volunteer who last completed a task for that resident (an ID; it
                         expires after matching.continuity_days): continuity for the next request
-  P.."probe"            a short-lived key vd3_probe writes to learn that Redis takes writes
+  P.."probe"            a short-lived key vd4_probe writes to learn that Redis takes writes
 
-Matching runs in rounds, per pool: vd3_round admits the round's new requests and returns the
+Matching runs in rounds, per pool: vd4_round admits the round's new requests and returns the
 candidate edges of every request that needs a volunteer, the daemon solves the assignment
-(common/vd_assign.c), and vd3_claim applies it, each pair re-checked atomically.
+(common/vd_assign.c), and vd4_claim applies it, each pair re-checked atomically.
 
 A volunteer is in exactly one pool (and its skill sets) while available and not held, and in
 none otherwise: that is the invariant that makes "no volunteer is held by two requests" a local
@@ -189,7 +190,7 @@ local function vol_args(keys, args, ch)
   return p, vid
 end
 
--- vd3_vol_available KEYS: vol vols  ARGV: prefix vid lat lon skills languages max_tasks team event_id
+-- vd4_vol_available KEYS: vol vols  ARGV: prefix vid lat lon skills languages max_tasks team event_id
 -- radius_max_m
 local function vol_available(keys, args)
   local ch = checker()
@@ -216,7 +217,7 @@ local function vol_available(keys, args)
   return 'pooled'
 end
 
--- vd3_vol_location KEYS: vol vols  ARGV: prefix vid lat lon radius_max_m
+-- vd4_vol_location KEYS: vol vols  ARGV: prefix vid lat lon radius_max_m
 local function vol_location(keys, args)
   local ch = checker()
   local _, vid = vol_args(keys, args, ch)
@@ -238,7 +239,7 @@ local function vol_location(keys, args)
   return 'stored'
 end
 
--- vd3_vol_unavailable KEYS: vol vols  ARGV: prefix vid
+-- vd4_vol_unavailable KEYS: vol vols  ARGV: prefix vid
 local function vol_unavailable(keys, args)
   local ch = checker()
   local _, vid = vol_args(keys, args, ch)
@@ -251,7 +252,7 @@ local function vol_unavailable(keys, args)
   return 'left'
 end
 
---[[ vd3_sweep KEYS: vols  ARGV: prefix ttl_ms limit
+--[[ vd4_sweep KEYS: vols  ARGV: prefix ttl_ms limit
 Removes up to limit volunteer records that no event refreshed for ttl_ms: out of their pool,
 record deleted. One who holds a task stays until it ends (a task timeout ends it at the latest)
 and is looked at again a ttl later, unless the request holding them has no record any more.
@@ -281,7 +282,7 @@ local function sweep(keys, args)
   return gone
 end
 
--- vd3_probe KEYS: probe  A write that tells the daemon Redis takes writes (and has this library).
+-- vd4_probe KEYS: probe  A write that tells the daemon Redis takes writes (and has this library).
 local function probe(keys, args)
   redis.call('SET', keys[1], '1', 'PX', 10000)
   return 'ok'
@@ -369,7 +370,7 @@ end
 --[[ Facts are the request's event log: one line per output-worthy change, "kind|vid|...",
 kept in f:<n>; n is the request's sequence, which every output of the fact carries. Those
 after `pub` are not known to have reached Kafka yet; every function returns them, so whoever
-runs next publishes them again (same event ids) until vd3_settle says they were acknowledged.
+runs next publishes them again (same event ids) until vd4_settle says they were acknowledged.
 Kinds: offered|vid|offer_id|attempt|deadline|note  confirmed|vid|offer_id|attempt|note
 withdrawn|vid|offer_id|why  unmatched|json  cancelled|vid (vid empty: nobody was held)
 completed|vid|all(0/1)  released|vid|why (a task past task_timeout_s) ]]
@@ -443,7 +444,7 @@ local function set_due(c, r, keep_lease)
   end
   if r.seq > r.pub then at(c.now + c.lease) end
   if t and t <= c.now and keep_lease then
-    -- Overdue, but an instance holds it under a lease (vd3_settle): leave it theirs.
+    -- Overdue, but an instance holds it under a lease (vd4_settle): leave it theirs.
     local cur = tonumber(redis.call('ZSCORE', c.due, c.rid))
     if cur and cur > c.now then t = cur end
   end
@@ -659,6 +660,8 @@ local function gather(st, cache, q, r)
     local n = redis.call('ZCARD', st.pool .. '/s/' .. sk)
     if best == nil or n < best then best, key = n, st.pool .. '/s/' .. sk end
   end
+  -- Nobody to search (an exhausted pool in a surge): the whole range is seen at once.
+  local empty = (best or redis.call('ZCARD', st.pool)) == 0
   local edges, seen, filtered = {}, {}, {}
   local considered, radius, more, dense_seen = 0, math.min(q.start, q.rmax), 0, 0
   local want = math.max(q.count, open) -- edges wanted: count, and one per open place at least
@@ -689,16 +692,20 @@ local function gather(st, cache, q, r)
     if why then filtered[why] = (filtered[why] or 0) + 1 end
   end
   local seen_m = 0
-  while true do
+  if empty then radius, seen_m = q.rmax, q.rmax end
+  while not empty do
     local found, dense = nil, false
     if radius > q.start and q.maxpts > 0 then
       local probe = redis.call('GEOSEARCH', key, 'FROMLONLAT', q.lon, q.lat, 'BYRADIUS', radius,
                                'm', 'COUNT', q.maxpts, 'ANY', 'WITHDIST')
-      if #probe >= q.maxpts then
-        dense, dense_seen = true, 1
+      -- Bounded by max_points (dense: the nearest of those seen), or every point within the
+      -- radius and no more than the nearest-first search would return: sorted here, that
+      -- search is not needed.
+      if #probe >= q.maxpts or #probe <= limit then
+        if #probe >= q.maxpts then dense, dense_seen = true, 1 end
+        for _, f in ipairs(probe) do f[3] = tonumber(f[2]) end
         table.sort(probe, function(a, b)
-          local da, db = tonumber(a[2]), tonumber(b[2])
-          if da ~= db then return da < db end
+          if a[3] ~= b[3] then return a[3] < b[3] end
           return a[1] < b[1]
         end)
         found = probe
@@ -776,7 +783,7 @@ end
 -- The fields of one request in a round call (see round()).
 local RFIELDS = 16
 
---[[ vd3_round KEYS: due pool  ARGV: settings, radius_start count max_points load_cost_m
+--[[ vd4_round KEYS: due pool  ARGV: settings, radius_start count max_points load_cost_m
 continuity_bonus_m n, then n requests of RFIELDS: rid new lat lon rmax skills languages needed
 at_ms exp_ms time_ms rq need preferred resident cover (0, or the metres a widened search must
 cover).
@@ -814,7 +821,9 @@ local function round(keys, args)
     ch.need(is_ids(args[b + 6]) and is_ids(args[b + 7]), 'skills/languages')
     ch.need(q.needed and q.at and q.exp and q.time and q.need and q.cover,
             'needed/not_before/expires_at/time/need/cover')
-    ch.need(not q.new or (#q.rq > 0 and pcall(cjson.decode, q.rq)), 'rq')
+    -- The daemon's own JSON object; decoded (under pcall) only when a request ends without a
+    -- search (request_data()), so its shape is all that is checked here.
+    ch.need(not q.new or (string.sub(q.rq, 1, 1) == '{' and string.sub(q.rq, -1) == '}'), 'rq')
     ch.need(is_id_or_empty(q.preferred) and is_id_or_empty(q.resident), 'preferred/resident')
     qs[i] = q
   end
@@ -935,7 +944,7 @@ local function finish_unmatched(c, r, doc)
   end
 end
 
---[[ vd3_claim KEYS: due pool  ARGV: settings, n, then n blocks: rid lat lon rmax skills
+--[[ vd4_claim KEYS: due pool  ARGV: settings, n, then n blocks: rid lat lon rmax skills
 languages kind count, and count "vid note" pairs (kind 'offer') or one outcome document
 (kind 'finish', count 1).
 The second half of a matching round: the assignment the daemon solved, applied request by
@@ -1017,7 +1026,7 @@ local function claim(keys, args)
   return out
 end
 
---[[ vd3_respond KEYS: req due  ARGV: common, vid offer_id accept|decline
+--[[ vd4_respond KEYS: req due  ARGV: common, vid offer_id accept|decline
 The volunteer's answer to an offer. Accepted: confirmed. Declined: released, never offered
 this request again, and a search for the next one is due. An answer to no outstanding offer
 (wrong offer_id, another volunteer, past its deadline, already answered, an ended request)
@@ -1065,7 +1074,7 @@ local function respond(keys, args)
   return reply(c, r, why and 'ignored' or 'ok', s, list, nil, why or '')
 end
 
---[[ vd3_tick KEYS: req due  ARGV: common
+--[[ vd4_tick KEYS: req due  ARGV: common
 Run for a request taken from the due set: applies what time did (start, expiry, offer
 timeouts, task timeouts) and returns what is left to publish and whether to search. ]]
 local function tick(keys, args)
@@ -1084,7 +1093,7 @@ local function tick(keys, args)
   return reply(c, r, 'ok', s, list, nil)
 end
 
---[[ vd3_cancel KEYS: req due  ARGV: common
+--[[ vd4_cancel KEYS: req due  ARGV: common
 Cancels a request and releases every volunteer it holds or has an offer out to, back to their
 pool; a released assignment no longer counts toward the volunteer's daily cap. Facts:
 cancelled|vid per volunteer released, or one cancelled| when nobody was. A cancel that arrives
@@ -1119,7 +1128,7 @@ local function cancel(keys, args)
   return reply(c, r, 'ok', 0, list)
 end
 
---[[ vd3_complete KEYS: req due  ARGV: common, vid continuity_s
+--[[ vd4_complete KEYS: req due  ARGV: common, vid continuity_s
 A volunteer finished their task: they return to the pool (if still available); fact
 completed|vid|all, all = 1 once every volunteer the request held has finished, and the request
 is then 'completed'. A completion seen again answers 'replay' with the completion facts; one
@@ -1167,7 +1176,7 @@ local function complete(keys, args)
   return reply(c, r, 'ok', 0, list)
 end
 
---[[ vd3_settle KEYS: due req...  ARGV: prefix lease_ms task_timeout_ms rid seq rid seq ...
+--[[ vd4_settle KEYS: due req...  ARGV: prefix lease_ms task_timeout_ms rid seq rid seq ...
 The facts up to seq of each request reached Kafka: they are not published again, and the
 request's due time drops back to its next deadline (or it leaves the due set). ]]
 local function settle(keys, args)
@@ -1201,7 +1210,7 @@ local function settle(keys, args)
   return #keys - 1
 end
 
---[[ vd3_due KEYS: due  ARGV: prefix lease_ms limit
+--[[ vd4_due KEYS: due  ARGV: prefix lease_ms limit
 Takes up to limit requests whose due time has come, and moves each a lease ahead: two
 instances never take the same request at once, and one that dies holding it only delays it
 by the lease. ]]
@@ -1216,16 +1225,16 @@ local function due(keys, args)
   return rids
 end
 
-redis.register_function('vd3_vol_available', vol_available)
-redis.register_function('vd3_vol_location', vol_location)
-redis.register_function('vd3_vol_unavailable', vol_unavailable)
-redis.register_function('vd3_sweep', sweep)
-redis.register_function('vd3_probe', probe)
-redis.register_function('vd3_round', round)
-redis.register_function('vd3_claim', claim)
-redis.register_function('vd3_respond', respond)
-redis.register_function('vd3_tick', tick)
-redis.register_function('vd3_settle', settle)
-redis.register_function('vd3_due', due)
-redis.register_function('vd3_cancel', cancel)
-redis.register_function('vd3_complete', complete)
+redis.register_function('vd4_vol_available', vol_available)
+redis.register_function('vd4_vol_location', vol_location)
+redis.register_function('vd4_vol_unavailable', vol_unavailable)
+redis.register_function('vd4_sweep', sweep)
+redis.register_function('vd4_probe', probe)
+redis.register_function('vd4_round', round)
+redis.register_function('vd4_claim', claim)
+redis.register_function('vd4_respond', respond)
+redis.register_function('vd4_tick', tick)
+redis.register_function('vd4_settle', settle)
+redis.register_function('vd4_due', due)
+redis.register_function('vd4_cancel', cancel)
+redis.register_function('vd4_complete', complete)

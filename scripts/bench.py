@@ -94,6 +94,18 @@ def load_settings(path):
     MAX_TASKS_PER_DAY = int(conf.get("matching.max_tasks_per_day", MAX_TASKS_PER_DAY))
     REQUEST_TTL_S = int(conf.get("redis.request_ttl_s", REQUEST_TTL_S))
     DAEMON_PREFIX = conf.get("redis.key_prefix", DAEMON_PREFIX)
+    return conf
+
+
+def mode_of(conf):
+    """How the daemon assigns, in words, from its effective settings."""
+    offer = int(conf.get("matching.offer_timeout_ms", 0))
+    window = int(conf.get("matching.batch_window_ms", 0))
+    out = ("offer mode (offers wait %d s for answers nobody gives; the offer is the outcome)"
+           % (offer // 1000)) if offer > 0 else "direct mode"
+    if window:
+        out += ", batch window %d ms" % window
+    return out
 
 
 def die(msg):
@@ -725,7 +737,8 @@ class RssSampler(threading.Thread):
         return self.peak
 
 
-OUTCOME_TYPES = ("vd.assignment.confirmed", "vd.request.unmatched")
+# A request's first outcome: offered (offer mode), confirmed (direct mode) or unmatched.
+OUTCOME_TYPES = ("vd.assignment.offered", "vd.assignment.confirmed", "vd.request.unmatched")
 
 
 class Collector:
@@ -956,17 +969,55 @@ def raw_functions(a, vbin, burst_bin, burst_keys, redis):
             d.wait()
     cmds = mon.stop()
     pool_cmds, burst_cmds = cmds[:mark], cmds[mark:]
+    # The recorded calls, as RESP, for a replay by hand (redis-cli -n 1 --pipe < file) under a
+    # profiler; kept with --keep.
+    for name, part in (("pool", pool_cmds), ("burst", burst_cmds)):
+        with open(os.path.join(a.workdir, "capture-%s.resp" % name), "wb") as f:
+            f.writelines(Resp.encode(c) for c in part)
     admin.call("FLUSHDB")
     replay(port, db, pool_cmds)
     c0, r0 = commandstats(admin), cpu_s(a.redis_pid)
     wall, errors = replay(port, db, burst_cmds)
     r1, c1 = cpu_s(a.redis_pid), commandstats(admin)
     by_fn = collections.Counter(c[1].decode() for c in burst_cmds if len(c) > 1)
+    # Again, with SLOWLOG timing every call: Redis's own time per call, by Function (the first
+    # replay stays the timed one: the log costs a little).
+    admin.call("FLUSHDB")
+    replay(port, db, pool_cmds)
+    s0 = commandstats(admin)
+    fn_us = slowlog_by_function(admin, lambda: replay(port, db, burst_cmds), len(burst_cmds))
+    fcall_us = cmd_delta(s0, commandstats(admin)).get("fcall", (0, 0))[1]
     admin.call("FLUSHDB")
     admin.close()
     return {"wall": wall, "matches": matches, "calls": len(burst_cmds), "errors": errors,
             "redis_cpu": r1 - r0, "by_fn": by_fn, "cmdstats": cmd_delta(c0, c1),
-            "rate": matches / wall}
+            "rate": matches / wall, "fn_us": fn_us, "fcall_us": fcall_us}
+
+
+def slowlog_by_function(conn, run, ncalls, floor_us=20):
+    """Runs run() with SLOWLOG logging every command of floor_us or more; returns {function:
+    (calls, µs)} of the FCALLs it logged (Redis's execution time of each, the Lua inside
+    included). Redis logs the commands a Function runs as well: the floor keeps those (a few
+    µs each) out, and leaves out only FCALLs too short to matter."""
+    old = [conn.call("CONFIG", "GET", k)[1] for k in ("slowlog-log-slower-than", "slowlog-max-len")]
+    conn.call("CONFIG", "SET", "slowlog-log-slower-than", str(floor_us))
+    conn.call("CONFIG", "SET", "slowlog-max-len", str(ncalls * 4 + 10000))
+    conn.call("SLOWLOG", "RESET")
+    try:
+        run()
+        entries = conn.call("SLOWLOG", "GET", "-1")
+    finally:
+        conn.call("CONFIG", "SET", "slowlog-log-slower-than", old[0])
+        conn.call("CONFIG", "SET", "slowlog-max-len", old[1])
+        conn.call("SLOWLOG", "RESET")
+    out = collections.defaultdict(lambda: [0, 0])
+    for e in entries:
+        args = e[3]
+        if len(args) > 1 and args[0].lower() == "fcall":
+            f = out[args[1]]
+            f[0] += 1
+            f[1] += e[2]
+    return {k: tuple(v) for k, v in out.items()}
 
 
 def free_port():
@@ -1052,8 +1103,7 @@ def main():
     ap.add_argument("--load-before", default="")
     ap.add_argument("--config", help="the daemon's --dump-config output")
     a = ap.parse_args()
-    if a.config:
-        load_settings(a.config)
+    a.mode = mode_of(load_settings(a.config) if a.config else {})
     skip = set(x for x in a.skip.split(",") if x)
     os.makedirs(os.path.join(a.workdir, "topics"), exist_ok=True)
     redis = Resp(a.redis_port)
@@ -1181,7 +1231,7 @@ def report(a, rows):
     print()
     print("=" * 110)
     print("vdispatchd benchmark: %d available volunteers; %d requests paced at %s, then %d at once; "
-          "direct mode" % (a.volunteers, a.paced, fmt_rate(a.rate), a.burst))
+          "%s" % (a.volunteers, a.paced, fmt_rate(a.rate), a.burst, a.mode))
     print("machine: %d cores, load before %s, now %s" % (os.cpu_count(), a.load_before or "?", loadavg()))
     print("=" * 110)
     head = "%-34s %10s %22s %22s %9s %10s %9s" % ("program", "matches/s", "paced p50/p95/p99 ms",
@@ -1218,6 +1268,13 @@ def report(a, rows):
     if raw:
         print("raw Functions: %d calls replayed (%s), %d error replies" % (
             raw["calls"], ", ".join("%s %d" % kv for kv in raw["by_fn"].most_common()), raw["errors"]))
+        fu = raw.get("fn_us") or {}
+        tot = sum(v[1] for v in fu.values())
+        if tot:
+            print("  Redis time per match by Function (SLOWLOG, calls of 20 µs or more: %.0f%% of FCALL time): %s" % (
+                100.0 * tot / max(raw.get("fcall_us") or tot, 1), ", ".join(
+                    "%s %.1f µs (%d calls, %.0f µs each)" % (f, v[1] / raw["matches"], v[0], v[1] / max(v[0], 1))
+                    for f, v in sorted(fu.items(), key=lambda kv: -kv[1][1]))))
     print()
     print("ratios, this run (targets in parentheses):")
     limits = [x for x in ((k or {}).get("rate"), (raw or {}).get("rate")) if x]
