@@ -708,6 +708,20 @@ out:
 
 /* ---- Encoding -------------------------------------------------------------------------- */
 
+/* json_dumps() without its growing buffer: most events fit the stack buffer, and the result
+ * is allocated once, at its size. */
+static char *dump(const json_t *json, size_t flags) {
+    char buf[4096];
+    size_t n = json_dumpb(json, buf, sizeof buf, flags);
+    if (n == 0) return NULL;
+    if (n > sizeof buf) return json_dumps(json, flags);
+    char *out = malloc(n + 1);
+    if (!out) return NULL;
+    memcpy(out, buf, n);
+    out[n] = '\0';
+    return out;
+}
+
 char *vd_event_encode(const char *type, const char *id, int64_t time_ms, long long sequence,
                       json_t *data) {
     char ts[32], seq[24];
@@ -734,7 +748,7 @@ char *vd_event_encode(const char *type, const char *id, int64_t time_ms, long lo
     rc = json_object_set_new(ev, "data", data);
     data = NULL;
     if (rc < 0) goto out;
-    out = json_dumps(ev, JSON_COMPACT | JSON_REAL_PRECISION(12));
+    out = dump(ev, JSON_COMPACT | JSON_REAL_PRECISION(12));
 
 out:
     json_decref(data);

@@ -621,7 +621,7 @@ static char *unmatched_doc(struct vd_job *j, enum vd_unmatched_reason reason) {
                              "filtered", filtered, "volunteers_needed", ev->volunteers_needed,
                              "volunteers_missing", j->open, "priority", vd_priority_name(ev->priority));
     if (ev->service[0]) json_object_set_new(data, "service", json_string(ev->service));
-    char *doc = json_dumps(data, JSON_COMPACT | JSON_SORT_KEYS);
+    char *doc = json_dumps(data, JSON_COMPACT);
     json_decref(data);
     if (!doc) abort();
     return doc;

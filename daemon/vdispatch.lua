@@ -176,9 +176,13 @@ local function repool(p, vkey, vid, rmax)
   return 1
 end
 
-local function unpool(vkey, vid)
-  local v = redis.call('HMGET', vkey, 'pool', 'skills')
-  if v[1] and v[1] ~= '' then pool_rem(v[1], vid, v[2]) end
+-- Takes the volunteer out of their pool; pool and skills as the caller read them, if it did.
+local function unpool(vkey, vid, pool, skills)
+  if pool == nil then
+    local v = redis.call('HMGET', vkey, 'pool', 'skills')
+    pool, skills = v[1], v[2]
+  end
+  if pool and pool ~= '' then pool_rem(pool, vid, skills) end
   redis.call('HSET', vkey, 'pool', '')
 end
 
@@ -377,6 +381,8 @@ completed|vid|all(0/1)  released|vid|why (a task past task_timeout_s) ]]
 local function fact(c, r, line)
   r.seq = r.seq + 1
   redis.call('HSET', c.rkey, 'f:' .. r.seq, line)
+  r.lines = r.lines or {}
+  r.lines[r.seq] = line -- facts() needs not read back what this call wrote
 end
 
 -- Facts to publish: the unacknowledged ones, or (replay) every one of the given kinds too.
@@ -385,7 +391,7 @@ local function facts(c, r, kinds)
   local out = {}
   for n = 1, r.seq do
     if n > r.pub or kinds then
-      local line = redis.call('HGET', c.rkey, 'f:' .. n)
+      local line = r.lines and r.lines[n] or redis.call('HGET', c.rkey, 'f:' .. n)
       if line and (n > r.pub or kinds[string.match(line, '^[^|]*')]) then
         out[#out + 1] = (n > r.seq0 and '+' or '') .. n .. '|' .. line
       end
@@ -642,7 +648,9 @@ every one within cover (a widened search: the daemon's solver asked to see that 
 8 times as many are looked at.
 A rare skill is searched among those who have it (the smallest of the pool's skill sets). A
 widened search visits at most max_points points: a probe (ANY) comes first, and when the area
-holds more the nearest of those it saw are taken. The request's preferred volunteer and the
+holds more the nearest of those it saw are taken; when it holds no more than may be looked at,
+the probe's points, sorted, are the search. A search asks for twice count first, and for all
+it may look at only when those fell short. An empty pool is not searched. The request's preferred volunteer and the
 one who last served its resident are added when they are eligible and in range.
 The cost of an edge is the distance, plus load_m per task in the last 24 h, less bonus_m for
 the preferred or last volunteer (never below 0): the search also widens until as many edges
@@ -692,17 +700,20 @@ local function gather(st, cache, q, r)
     if why then filtered[why] = (filtered[why] or 0) + 1 end
   end
   local seen_m = 0
+  -- The COUNT a search asks for: enough for most requests at first (a longer list costs
+  -- Redis and Lua more than the volunteers it adds), all it may consider once that fell short.
+  local ask, again = math.min(want * 2, limit), false
   if empty then radius, seen_m = q.rmax, q.rmax end
   while not empty do
-    local found, dense = nil, false
-    if radius > q.start and q.maxpts > 0 then
+    local found, dense, complete = nil, false, false
+    if radius > q.start and q.maxpts > 0 and not again then -- (probed already: not again)
       local probe = redis.call('GEOSEARCH', key, 'FROMLONLAT', q.lon, q.lat, 'BYRADIUS', radius,
                                'm', 'COUNT', q.maxpts, 'ANY', 'WITHDIST')
       -- Bounded by max_points (dense: the nearest of those seen), or every point within the
       -- radius and no more than the nearest-first search would return: sorted here, that
       -- search is not needed.
       if #probe >= q.maxpts or #probe <= limit then
-        if #probe >= q.maxpts then dense, dense_seen = true, 1 end
+        if #probe >= q.maxpts then dense, dense_seen = true, 1 else complete = true end
         for _, f in ipairs(probe) do f[3] = tonumber(f[2]) end
         table.sort(probe, function(a, b)
           if a[3] ~= b[3] then return a[3] < b[3] end
@@ -713,7 +724,8 @@ local function gather(st, cache, q, r)
     end
     if not found then
       found = redis.call('GEOSEARCH', key, 'FROMLONLAT', q.lon, q.lat, 'BYRADIUS', radius, 'm',
-                         'ASC', 'COUNT', limit, 'WITHDIST')
+                         'ASC', 'COUNT', ask, 'WITHDIST')
+      complete = #found < ask
     end
     found_at = radius
     local all = true
@@ -727,20 +739,24 @@ local function gather(st, cache, q, r)
       consider(f[1], fd)
       if not dense then seen_m = fd end
     end
-    if all and not dense and #found < limit then seen_m = radius end
+    if all and complete then seen_m = radius end
     within = 0
     for _, e in ipairs(edges) do if e[5] <= radius then within = within + 1 end end
     -- Enough: count edges (the assignment needs alternatives: a request's nearest may serve
     -- a neighbour better), of which as many as the request has open places cost no more than
     -- the radius (whoever lies beyond costs more), and the cover reached. More may lie beyond
     -- what was seen.
-    if (#edges >= want and within >= open and radius >= q.cover) or considered >= limit
-        or dense or radius >= q.rmax then
+    local enough = (#edges >= want and within >= open and radius >= q.cover)
+                   or considered >= limit or dense
+    if not enough and all and not complete and ask < limit then
+      ask, again = limit, true -- more lie within this radius: further down the same list
+    elseif enough or radius >= q.rmax then
       if seen_m >= q.rmax then seen_m = q.rmax end
       more = seen_m < q.rmax and 1 or 0
       break
+    else
+      radius, again = math.min(radius * 2, q.rmax), false
     end
-    radius = math.min(radius * 2, q.rmax)
   end
   -- Nobody with the rare skill in range: say how many without it were there (up to count).
   if considered == 0 and key ~= st.pool then
@@ -907,7 +923,7 @@ local function offer_to(c, r, st, q, chosen)
       local cap = tonumber(v[4]) or 0
       if cap <= 0 then cap = st.cap0 end
       if redis.call('ZCARD', tkey) < cap then
-        unpool(vkey, vid)
+        unpool(vkey, vid, v[3] or '', v[5])
         redis.call('HSET', vkey, 'task', c.rid)
         redis.call('ZADD', tkey, c.now, c.rid)
         redis.call('PEXPIRE', tkey, DAY_MS + 3600000)
@@ -915,16 +931,16 @@ local function offer_to(c, r, st, q, chosen)
         have[vid] = true
         made = made + 1
         local oid = 'of-' .. string.sub(redis.sha1hex(c.rid .. '/' .. vid), 1, 16)
-        redis.call('HSET', c.rkey, 'd:' .. vid, note)
         if c.timeout <= 0 then
           r.held[#r.held + 1] = vid
-          redis.call('HSET', c.rkey, 't:' .. vid, c.now)
+          redis.call('HSET', c.rkey, 'd:' .. vid, note, 't:' .. vid, c.now)
           fact(c, r, 'confirmed|' .. vid .. '|' .. oid .. '|' .. r.attempts .. '|' .. note)
         else
           local deadline = c.now + c.timeout
           if r.exp > 0 and r.exp < deadline then deadline = r.exp end
           r.offers[#r.offers + 1] = vid
-          redis.call('HSET', c.rkey, 'o:' .. vid, oid .. '|' .. r.attempts .. '|' .. deadline)
+          redis.call('HSET', c.rkey, 'd:' .. vid, note,
+                     'o:' .. vid, oid .. '|' .. r.attempts .. '|' .. deadline)
           fact(c, r, 'offered|' .. vid .. '|' .. oid .. '|' .. r.attempts .. '|' .. deadline .. '|' .. note)
         end
       end

@@ -28,6 +28,7 @@ import collections
 import json
 import math
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -394,6 +395,28 @@ def volunteer_fcall(prefix, value):
         return ("FCALL", fn("vol_location"), 2) + keys + (
             prefix, vid, "%.7f" % d["location"]["lat"], "%.7f" % d["location"]["lon"], RADIUS_MAX_M)
     return ("FCALL", fn("vol_unavailable"), 2) + keys + (prefix, vid)
+
+
+def register(conn, n, seed, batch=1000):
+    """The rest of the registry: n volunteers with a record who are not available now (each
+    made available, then unavailable, by the daemon's own Functions, around the city centre),
+    so that the pool is a small part of what Redis holds."""
+    rng = random.Random(seed + 7)
+    t0 = time.monotonic()
+    lat0, lon0 = 40.8421, 111.7490
+    for i in range(0, n, batch):
+        cmds = []
+        for k in range(i, min(n, i + batch)):
+            vid = "reg-%07d" % k
+            keys = (DAEMON_PREFIX + "vol/" + vid, DAEMON_PREFIX + "vols")
+            cmds.append(("FCALL", fn("vol_available"), 2) + keys + (
+                DAEMON_PREFIX, vid, "%.7f" % (lat0 + rng.uniform(-0.12, 0.12)),
+                "%.7f" % (lon0 + rng.uniform(-0.16, 0.16)), "", "", 0, "", "", RADIUS_MAX_M))
+            cmds.append(("FCALL", fn("vol_unavailable"), 2) + keys + (DAEMON_PREFIX, vid))
+        conn.pipeline(cmds)
+        if (i // batch) % 100 == 99:
+            say("registry: %d of %d unavailable volunteers recorded" % (i + batch, n))
+    say("registry: %d unavailable volunteers recorded in %.1f s (not in any pool)" % (n, time.monotonic() - t0))
 
 
 def pool_sizes(conn, prefix, pools):
@@ -1094,6 +1117,8 @@ def main():
     ap.add_argument("--build", required=True)
     ap.add_argument("--workdir", required=True)
     ap.add_argument("--volunteers", type=int, default=20000)
+    ap.add_argument("--registered", type=int, default=0,
+                    help="volunteers with a record in all (the rest are not available)")
     ap.add_argument("--paced", type=int, default=1000)
     ap.add_argument("--rate", type=float, default=250)
     ap.add_argument("--burst", type=int, default=50000)
@@ -1158,6 +1183,8 @@ def main():
     if not wait_for(pool_loaded, 300):
         die("the daemon did not pool all volunteers within 300 s")
     say("vdispatchd pooled %d volunteers in %.1f s through Kafka" % (len(vols), time.monotonic() - t0))
+    if a.registered > len(vols):
+        register(redis, a.registered - len(vols), a.seed)
     reqs = [decode_request(v) for _, v in burst]
     if "raw" not in skip:
         zkeys = set()
@@ -1230,8 +1257,9 @@ def report(a, rows):
 
     print()
     print("=" * 110)
-    print("vdispatchd benchmark: %d available volunteers; %d requests paced at %s, then %d at once; "
-          "%s" % (a.volunteers, a.paced, fmt_rate(a.rate), a.burst, a.mode))
+    print("vdispatchd benchmark: %d available volunteers%s; %d requests paced at %s, then %d at once; "
+          "%s" % (a.volunteers, " (%d registered)" % a.registered if a.registered > a.volunteers else "",
+                  a.paced, fmt_rate(a.rate), a.burst, a.mode))
     print("machine: %d cores, load before %s, now %s" % (os.cpu_count(), a.load_before or "?", loadavg()))
     print("=" * 110)
     head = "%-34s %10s %22s %22s %9s %10s %9s" % ("program", "matches/s", "paced p50/p95/p99 ms",

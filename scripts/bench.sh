@@ -14,6 +14,8 @@
 #
 # Usage: scripts/bench.sh [--quick] [--volunteers N] [--paced N] [--rate R] [--burst N] [options]
 #   --volunteers N   available volunteers (default 20000)
+#   --registered N   volunteers with a record in all: the rest are recorded, not available
+#                    (e.g. 580000, the city's registry; the daemon's rows only)
 #   --paced N        requests produced at a steady rate first (default 1000)
 #   --rate R         their rate, per second (default 250)
 #   --burst N        requests produced at once afterwards (default 50000)
@@ -36,6 +38,7 @@ source "$ROOT/scripts/lib.sh"
 
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 volunteers=""
+registered=0
 paced=""
 rate=250
 burst=""
@@ -51,6 +54,7 @@ vd_set_args VD_BENCH_SET
 while [ $# -gt 0 ]; do
   case "$1" in
     --volunteers) vd_need_arg "$@"; volunteers=$2; shift 2 ;;
+    --registered) vd_need_arg "$@"; registered=$2; shift 2 ;;
     --paced) vd_need_arg "$@"; paced=$2; shift 2 ;;
     --rate) vd_need_arg "$@"; rate=$2; shift 2 ;;
     --burst) vd_need_arg "$@"; burst=$2; shift 2 ;;
@@ -75,7 +79,7 @@ burst=${burst:-50000}
 if [ -z "$partitions" ]; then
   partitions=$(( (paced + burst + 4999) / 5000 )); [ "$partitions" -ge 8 ] || partitions=8
 fi
-for v in volunteers paced burst rate partitions seed timeout; do
+for v in volunteers registered paced burst rate partitions seed timeout; do
   [[ ${!v} =~ ^[0-9]+$ ]] || { echo "bench: error: $v must be a whole number, got '${!v}'" >&2; exit 2; }
 done
 [ "$volunteers" -ge 100 ] || { echo "bench: error: --volunteers must be at least 100" >&2; exit 2; }
@@ -146,7 +150,7 @@ rc=0
 python3 "$ROOT/scripts/bench.py" \
   --redis-port "$VD_REDIS_PORT" --redis-pid "$VD_REDIS_PID" \
   --mock-pid "$VD_MOCK_PID" --brokers "$brokers" --metrics "http://127.0.0.1:$http_port/metrics" --daemon-pid "$VD_DAEMON_PID" \
-  --build "$build" --workdir "$tmp" --volunteers "$volunteers" --paced "$paced" --rate "$rate" \
+  --build "$build" --workdir "$tmp" --volunteers "$volunteers" --registered "$registered" --paced "$paced" --rate "$rate" \
   --burst "$burst" --skip "$skip" --seed "$seed" --timeout "$timeout" --config "$tmp/effective.conf" \
   --load-before "$load_before" || rc=$?
 if [ $rc -ne 0 ]; then

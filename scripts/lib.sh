@@ -298,7 +298,9 @@ _vd_daemon_ready_or_gone() {
 vd_start_daemon() {
   local build=$1 interval=$2 not_ready=$3 ready=$4
   shift 4
-  "$build/vdispatchd" -c "$VD_TMP/vdispatch.conf" "$@" >"$VD_TMP/daemon.out" 2>&1 7>&- &
+  # VD_DAEMON_WRAP runs the daemon under a tool, e.g. "valgrind --tool=callgrind".
+  # shellcheck disable=SC2086  # the wrapper is words
+  ${VD_DAEMON_WRAP:-} "$build/vdispatchd" -c "$VD_TMP/vdispatch.conf" "$@" >"$VD_TMP/daemon.out" 2>&1 7>&- &
   VD_DAEMON_PID=$!
   vd_wait_until 30 "$interval" _vd_daemon_ready_or_gone "$ready" || true
   if ! "$ready"; then
