@@ -232,9 +232,24 @@ char *vd_time_format(int64_t ms, char *buf, size_t buflen) {
     int64_t y;
     int mo, d;
     civil_from_days(days, &y, &mo, &d);
-    snprintf(buf, buflen, "%04lld-%02d-%02dT%02d:%02d:%02d.%03dZ", (long long)y, mo, d,
-             (int)(rest / 3600000), (int)(rest / 60000 % 60), (int)(rest / 1000 % 60),
-             (int)(rest % 1000));
+    if (y < 0 || y > 9999 || buflen < 25) {
+        snprintf(buf, buflen, "%04lld-%02d-%02dT%02d:%02d:%02d.%03dZ", (long long)y, mo, d,
+                 (int)(rest / 3600000), (int)(rest / 60000 % 60), (int)(rest / 1000 % 60),
+                 (int)(rest % 1000));
+        return buf;
+    }
+    /* Every output carries a time: written digit by digit, not through printf. */
+    int f[7] = {(int)y, mo, d, (int)(rest / 3600000), (int)(rest / 60000 % 60),
+                (int)(rest / 1000 % 60), (int)(rest % 1000)};
+    static const int width[7] = {4, 2, 2, 2, 2, 2, 3};
+    static const char after[7] = {'-', '-', 'T', ':', ':', '.', 'Z'};
+    char *o = buf;
+    for (int i = 0; i < 7; i++) {
+        for (int k = width[i] - 1, v = f[i]; k >= 0; k--, v /= 10) o[k] = (char)('0' + v % 10);
+        o += width[i];
+        *o++ = after[i];
+    }
+    *o = '\0';
     return buf;
 }
 

@@ -156,8 +156,11 @@ static long long num(const redisReply *r, size_t i) {
 static const char *str(const redisReply *r, size_t i, char *buf, size_t cap) {
     const redisReply *e = item(r, i);
     buf[0] = '\0';
-    if (e && (e->type == REDIS_REPLY_STRING || e->type == REDIS_REPLY_STATUS))
-        snprintf(buf, cap, "%.*s", (int)e->len, e->str);
+    if (e && (e->type == REDIS_REPLY_STRING || e->type == REDIS_REPLY_STATUS)) {
+        size_t n = e->len < cap ? e->len : cap - 1;
+        memcpy(buf, e->str, n);
+        buf[n] = '\0';
+    }
     return buf;
 }
 
@@ -184,8 +187,10 @@ static void pool_key(const struct vd_dispatch *d, const struct vd_pool *p, char 
 static void start_round(struct vd_dispatch *d, struct vd_pool *p);
 
 /* When the pool's next round may start, in loop ms: its oldest request's join plus the
- * window (the urgent window when an urgent request waits). */
+ * window (the urgent window when an urgent request waits); at once when a full round waits
+ * (waiting longer would weigh no more requests together, only delay them). */
 static uint64_t due_at(const struct vd_dispatch *d, const struct vd_pool *p) {
+    if (p->nwaiting >= d->cfg->max_round) return 0;
     uint64_t window = (uint64_t)d->cfg->batch_window_ms;
     for (const struct vd_job *j = p->head; j && window > (uint64_t)d->cfg->urgent_window_ms; j = j->pnext)
         if (j->req->priority == VD_PRIO_URGENT) window = (uint64_t)d->cfg->urgent_window_ms;

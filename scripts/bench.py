@@ -1024,7 +1024,7 @@ def slowlog_by_function(conn, run, ncalls, floor_us=20):
     µs each) out, and leaves out only FCALLs too short to matter."""
     old = [conn.call("CONFIG", "GET", k)[1] for k in ("slowlog-log-slower-than", "slowlog-max-len")]
     conn.call("CONFIG", "SET", "slowlog-log-slower-than", str(floor_us))
-    conn.call("CONFIG", "SET", "slowlog-max-len", str(ncalls * 4 + 10000))
+    conn.call("CONFIG", "SET", "slowlog-max-len", str(ncalls * 20 + 10000))
     conn.call("SLOWLOG", "RESET")
     try:
         run()
