@@ -128,10 +128,10 @@ static rd_kafka_conf_t *build_conf(const struct vd_config *cfg, int consumer, ch
             set(conf, "auto.commit.interval.ms", "1000", "auto.commit.interval.ms", err, errlen) < 0 ||
             set(conf, "enable.partition.eof", "false", "enable.partition.eof", err, errlen) < 0 ||
             /* What librdkafka prefetches counts toward the daemon's memory too: at most 2 MiB
-             * queued (half a second of a burst), 4 MiB per fetch (librdkafka's defaults allow
-             * 64 MiB and 50 MiB). */
+             * queued (half a second of a burst), 1 MiB per fetch from each broker (librdkafka's
+             * defaults allow 64 MiB and 50 MiB). */
             set(conf, "queued.max.messages.kbytes", "2048", "queued.max.messages.kbytes", err, errlen) < 0 ||
-            set(conf, "fetch.max.bytes", "4194304", "fetch.max.bytes", err, errlen) < 0 ||
+            set(conf, "fetch.max.bytes", "1048576", "fetch.max.bytes", err, errlen) < 0 ||
             /* A broker that holds a fetch until its wait runs out (the embedded mock cluster
              * does) delays a lone request by up to this; librdkafka's default is 500 ms. A
              * real broker answers as soon as data arrives: there a larger value only saves
@@ -139,7 +139,11 @@ static rd_kafka_conf_t *build_conf(const struct vd_config *cfg, int consumer, ch
             set(conf, "fetch.wait.max.ms", "10", "fetch.wait.max.ms", err, errlen) < 0)
             goto err;
     } else {
+        /* A produce request carries at most 256 KiB (librdkafka's default: 1 MB): with up to
+         * five in flight per broker, its buffers are what a fast stream of outputs leaves in
+         * memory. An output is at most a few KiB (a dead letter keeps 4 KiB of its input). */
         if (set(conf, "linger.ms", "5", "linger.ms", err, errlen) < 0 ||
+            set(conf, "message.max.bytes", "262144", "message.max.bytes", err, errlen) < 0 ||
             set(conf, "message.timeout.ms", "30000", "message.timeout.ms", err, errlen) < 0)
             goto err;
     }

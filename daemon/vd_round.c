@@ -3,7 +3,8 @@
  * A request that needs volunteers (new, its scheduled start reached, a place reopened by a
  * decline or a timeout) joins its pool's next round. A round starts when the previous one of
  * its pool has sent its claim (the two calls are ordered on the one connection: the next round
- * sees what the claim took, while the daemon publishes the previous round's outcomes) and
+ * sees what the claim took, while the daemon publishes the previous round's outcomes; when
+ * the previous round found its pool empty, as soon as its search came back) and
  * matching.batch_window_ms has passed since its oldest request joined
  * (0: at once, so a lone request is matched without waiting and rounds grow by themselves
  * under load); a round holding an urgent request waits matching.urgent_window_ms at most. A
@@ -750,6 +751,12 @@ static void on_gathered(struct vd_redis *rc, redisReply *reply, void *arg) {
     (void)rc;
     if (!gather_reply_ok(r, reply, r->n, r->jobs, r->n)) return;
     take_rows(r, r->jobs, r->n, reply, 1);
+    if (r->nrows && r->pool_size == 0 && r->pool->round == r) {
+        /* Nobody in the pool (a surge used it up): this round's claim takes nobody, so the
+         * next round need not wait for it. */
+        r->pool->round = NULL;
+        vd_round_kick(r->d);
+    }
     assign(r);
 }
 
@@ -798,11 +805,13 @@ static void claim(struct vd_round *r) {
         return;
     }
     argv_free(&a);
-    /* The claim is on its way: the pool's next round may start now. Its call goes behind the
-     * claim on the one connection, so Redis runs it after the claim and it sees what the claim
-     * took; meanwhile the daemon publishes this round's outcomes. */
-    r->pool->round = NULL;
-    vd_round_kick(d);
+    /* The claim is on its way: the pool's next round may start now (unless it did already).
+     * Its call goes behind the claim on the one connection, so Redis runs it after the claim
+     * and it sees what the claim took; meanwhile the daemon publishes this round's outcomes. */
+    if (r->pool->round == r) {
+        r->pool->round = NULL;
+        vd_round_kick(d);
+    }
 }
 
 static void on_claimed(struct vd_redis *rc, redisReply *reply, void *arg) {
