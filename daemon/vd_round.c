@@ -262,6 +262,7 @@ void vd_round_join(struct vd_job *j) {
     }
     struct vd_pool *p = pool_of(d, j->req->event_id);
     j->pool = p;
+    j->stage = VD_STAGE_QUEUED; /* waiting for the round (vd_jobs_by_stage tells it apart) */
     j->pnext = NULL;
     j->joined_ms = uv_now(d->loop);
     if (p->tail) p->tail->pnext = j; else p->head = j;
@@ -285,7 +286,6 @@ static void rejoin(struct vd_job *j) {
         vd_request_matched(j);
         return;
     }
-    j->stage = VD_STAGE_QUEUED;
     vd_round_join(j);
 }
 
