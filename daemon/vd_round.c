@@ -299,13 +299,17 @@ static void round_free(struct vd_round *r) {
     free(r);
 }
 
-/* The round is over: the pool's next one may start (it may have started already, once this
- * one's claim was sent). */
-static void round_done(struct vd_round *r) {
-    struct vd_dispatch *d = r->d;
+/* The pool's next round may start, unless it did already: once this round's claim was sent,
+ * or its search found the pool empty. */
+static void let_next_start(struct vd_round *r) {
     if (r->pool->round == r) r->pool->round = NULL;
+    vd_round_kick(r->d);
+}
+
+/* The round is over. */
+static void round_done(struct vd_round *r) {
+    let_next_start(r);
     round_free(r);
-    vd_round_kick(d);
 }
 
 /* A round's call failed: every job still in it waits for Redis as any failed call does. */
@@ -751,12 +755,9 @@ static void on_gathered(struct vd_redis *rc, redisReply *reply, void *arg) {
     (void)rc;
     if (!gather_reply_ok(r, reply, r->n, r->jobs, r->n)) return;
     take_rows(r, r->jobs, r->n, reply, 1);
-    if (r->nrows && r->pool_size == 0 && r->pool->round == r) {
-        /* Nobody in the pool (a surge used it up): this round's claim takes nobody, so the
-         * next round need not wait for it. */
-        r->pool->round = NULL;
-        vd_round_kick(r->d);
-    }
+    /* Nobody in the pool (a surge used it up): this round's claim takes nobody, so the next
+     * round need not wait for it. */
+    if (r->nrows && r->pool_size == 0) let_next_start(r);
     assign(r);
 }
 
@@ -805,13 +806,10 @@ static void claim(struct vd_round *r) {
         return;
     }
     argv_free(&a);
-    /* The claim is on its way: the pool's next round may start now (unless it did already).
-     * Its call goes behind the claim on the one connection, so Redis runs it after the claim
-     * and it sees what the claim took; meanwhile the daemon publishes this round's outcomes. */
-    if (r->pool->round == r) {
-        r->pool->round = NULL;
-        vd_round_kick(d);
-    }
+    /* The claim is on its way: the pool's next round may start now. Its call goes behind the
+     * claim on the one connection, so Redis runs it after the claim and it sees what the claim
+     * took; meanwhile the daemon publishes this round's outcomes. */
+    let_next_start(r);
 }
 
 static void on_claimed(struct vd_redis *rc, redisReply *reply, void *arg) {

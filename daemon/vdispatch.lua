@@ -2,9 +2,10 @@
 --[[
 The vdispatch Redis Function library, version 4: every state change of volunteers and
 requests, each one atomic. Version 4 keeps version 3's keys and data (the two run side by
-side) and searches with fewer GEOSEARCH calls. The version is in the library's name and in every function's name
-(vd4_*), so that two versions can run side by side during a rolling upgrade: vdispatchd loads
-its own version when it is missing and never replaces another one (see daemon/vd_redis.c).
+side) and searches with fewer GEOSEARCH calls. The version is in the library's name and in
+every function's name (vd4_*), so that two versions can run side by side during a rolling
+upgrade: vdispatchd loads its own version when it is missing and never replaces another one
+(see daemon/vd_redis.c).
 
 Keys (P is the configured key prefix, "vd:" by default; it ends with ':' and holds no '/'; IDs
 are [A-Za-z0-9._:-] and never hold '/', so no ID can make one key look like another, and no
@@ -650,8 +651,9 @@ A rare skill is searched among those who have it (the smallest of the pool's ski
 widened search visits at most max_points points: a probe (ANY) comes first, and when the area
 holds more the nearest of those it saw are taken; when it holds no more than may be looked at,
 the probe's points, sorted, are the search. A search asks for twice count first, and for all
-it may look at only when those fell short. An empty pool is not searched. The request's preferred volunteer and the
-one who last served its resident are added when they are eligible and in range.
+it may look at only when those fell short. An empty pool is not searched. The request's
+preferred volunteer and the one who last served its resident are added when they are eligible
+and in range.
 The cost of an edge is the distance, plus load_m per task in the last 24 h, less bonus_m for
 the preferred or last volunteer (never below 0): the search also widens until as many edges
 as the request has open places cost no more than the radius (nobody unseen can cost less).
