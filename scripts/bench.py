@@ -403,7 +403,7 @@ def register(conn, n, seed, batch=1000):
     so that the pool is a small part of what Redis holds."""
     rng = random.Random(seed + 7)
     t0 = time.monotonic()
-    lat0, lon0 = 40.8421, 111.7490
+    lat0, lon0 = scenario.CITY_CENTRE
     for i in range(0, n, batch):
         cmds = []
         for k in range(i, min(n, i + batch)):
