@@ -46,6 +46,7 @@ static const char *type_names[VD_EV__COUNT] = {
     [VD_EV_OFFER_ACCEPTED] = "vd.offer.accepted",
     [VD_EV_OFFER_DECLINED] = "vd.offer.declined",
     [VD_EV_TASK_COMPLETED] = "vd.task.completed",
+    [VD_EV_REQUEST_ASSIGN] = "vd.request.assign",
 };
 
 static const enum vd_topic_kind type_topics[VD_EV__COUNT] = {
@@ -57,6 +58,7 @@ static const enum vd_topic_kind type_topics[VD_EV__COUNT] = {
     [VD_EV_OFFER_ACCEPTED] = VD_TOPIC_RESPONSES,
     [VD_EV_OFFER_DECLINED] = VD_TOPIC_RESPONSES,
     [VD_EV_TASK_COMPLETED] = VD_TOPIC_RESPONSES,
+    [VD_EV_REQUEST_ASSIGN] = VD_TOPIC_REQUESTS,
 };
 
 static const char *priority_names[] = {
@@ -575,6 +577,12 @@ static int decode_data(struct ctx *c, const json_t *d, struct vd_event *ev) {
     case VD_EV_TASK_COMPLETED:
         if (get_id(c, d, "data", "request_id", REQUIRED, ev->request_id) < 0 ||
             get_id(c, d, "data", "volunteer_id", REQUIRED, ev->volunteer_id) < 0)
+            return -1;
+        return 0;
+    case VD_EV_REQUEST_ASSIGN:
+        if (get_id(c, d, "data", "request_id", REQUIRED, ev->request_id) < 0 ||
+            get_id(c, d, "data", "volunteer_id", REQUIRED, ev->volunteer_id) < 0 ||
+            get_id(c, d, "data", "coordinator_id", REQUIRED, ev->coordinator_id) < 0)
             return -1;
         return 0;
     case VD_EV__COUNT:

@@ -43,6 +43,7 @@ enum vd_event_type {
     VD_EV_OFFER_ACCEPTED,          /* vd.offer.accepted        (responses) */
     VD_EV_OFFER_DECLINED,          /* vd.offer.declined        (responses) */
     VD_EV_TASK_COMPLETED,          /* vd.task.completed        (responses) */
+    VD_EV_REQUEST_ASSIGN,          /* vd.request.assign        (requests): a coordinator's choice */
     VD_EV__COUNT
 };
 
@@ -80,6 +81,7 @@ struct vd_event {
     char service[VD_ID_MAX + 1];
     char preferred_volunteer_id[VD_ID_MAX + 1];
     char resident_id[VD_ID_MAX + 1];
+    char coordinator_id[VD_ID_MAX + 1]; /* vd.request.assign: who chose the volunteer */
 
     struct vd_location location;      /* valid when has_location */
     int has_location;

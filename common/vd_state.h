@@ -13,14 +13,17 @@ enum vd_state {
     VD_STATE_SEARCHING,    /* looking for volunteers; no offer is outstanding */
     VD_STATE_OFFERED,      /* at least one offer outstanding: its volunteer is held until an
                               answer or the deadline */
-    VD_STATE_CONFIRMED,    /* every needed volunteer accepted (or was assigned, direct mode) */
+    VD_STATE_CONFIRMED,    /* every needed volunteer accepted (or was assigned: direct mode, or
+                              a coordinator's vd.request.assign) */
     VD_STATE_COMPLETED,    /* end: every confirmed volunteer reported the task done */
     VD_STATE_UNMATCHED,    /* end: volunteers missing (nobody in range, none eligible, all
                               declined, contention); those confirmed keep their task, and a
-                              cancel (only then) releases them */
+                              cancel (only then) releases them; a coordinator may still
+                              staff it (vd.request.assign), then it is confirmed */
     VD_STATE_CANCELLED,    /* end: the resident or a coordinator cancelled; everyone released */
     VD_STATE_EXPIRED,      /* end: expires_at passed before every volunteer was confirmed; as
-                              for unmatched, a cancel releases those confirmed */
+                              for unmatched, a cancel releases those confirmed and a
+                              coordinator may still staff it */
     VD_STATE__COUNT
 };
 

@@ -165,6 +165,11 @@ static void http_metrics(void *arg, struct vd_metrics_buf *out) {
                               reasons, st->unmatched, VD_UNMATCHED__COUNT);
     vd_metrics_counter(out, "vd_replays_total", "Requests seen again that already had an outcome.",
                        st->replays);
+    vd_metrics_counter(out, "vd_coordinator_assigned_total",
+                       "Volunteers confirmed by a coordinator's vd.request.assign.", st->assigned);
+    vd_metrics_counter(out, "vd_coordinator_refused_total",
+                       "Coordinators' assignments refused (the coordinator is told why).",
+                       st->assign_refused);
     vd_metrics_counter(out, "vd_ignored_responses_total",
                        "Late, duplicate or mismatched responses and cancels.", st->ignored_responses);
     vd_metrics_counter_family(out, "vd_offers_total",

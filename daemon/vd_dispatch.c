@@ -16,7 +16,7 @@
  *
  * Due runs (a request whose deadline came) are internal jobs in a part of their own, taken
  * from Redis' due set every cron tick whatever the intake does. Published facts are settled
- * in batches (vd4_settle), and stale volunteer records swept (vd4_sweep) once a second. */
+ * in batches (vd5_settle), and stale volunteer records swept (vd5_sweep) once a second. */
 #include "vd_dispatch.h"
 
 #include <stdarg.h>
@@ -32,8 +32,8 @@
 #include "vd_redis.h"
 
 #define MAX_REDIS_ERRORS 5 /* unexpected error replies before a job is dead-lettered */
-#define DUE_BATCH 64       /* requests taken per vd4_due call */
-#define MAX_TIMER_JOBS 256 /* due runs in memory before vd4_due waits */
+#define DUE_BATCH 64       /* requests taken per vd5_due call */
+#define MAX_TIMER_JOBS 256 /* due runs in memory before vd5_due waits */
 #define SWEEP_EVERY_MS 1000
 #define SWEEP_BATCH 256
 #define KICK_SCAN 64 /* queued jobs looked at per start, past those blocked by a running key */
@@ -256,7 +256,8 @@ static void on_swept(struct vd_redis *r, redisReply *reply, void *arg) {
     }
 }
 
-/* Removes volunteer records nobody refreshed for redis.volunteer_ttl_s, a batch a second. */
+/* Removes volunteer records nobody refreshed for redis.volunteer_ttl_s, and unstaffed
+ * requests whose record expired, a batch a second. */
 static void sweep(struct vd_dispatch *d) {
     uint64_t now = uv_now(d->loop);
     if (d->sweep_in_flight || d->stopping || !vd_redis_is_ready(d->redis) ||
@@ -264,11 +265,13 @@ static void sweep(struct vd_dispatch *d) {
         return;
     d->last_sweep_ms = now;
     struct vd_args a;
-    vd_args_fcall(&a, VD_FN("sweep"), 1, 0);
+    vd_args_fcall(&a, VD_FN("sweep"), 2, 0);
     vd_argf(&a, "%svols", d->cfg->redis_key_prefix);
+    vd_argf(&a, "%sunstaffed", d->cfg->redis_key_prefix);
     vd_arg(&a, d->cfg->redis_key_prefix);
     vd_argf(&a, "%lld", (long long)d->cfg->redis_volunteer_ttl_s * 1000);
     vd_argf(&a, "%d", SWEEP_BATCH);
+    vd_argf(&a, "%lld", (long long)d->cfg->redis_request_ttl_s * 1000);
     d->sweep_in_flight = 1;
     count_call(d, VD_CALL_SWEEP);
     if (vd_redis_command(d->redis, on_swept, d, a.n, a.v, a.l) < 0) d->sweep_in_flight = 0;

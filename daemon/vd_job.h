@@ -37,7 +37,7 @@ struct vd_cand {
     char id[VD_ID_MAX + 1];
     double distance_m;
     int continuity; /* the resident's preferred volunteer, or the last who served them */
-    int64_t cost;   /* metres, shaded by load and continuity (vd4_round computes it) */
+    int64_t cost;   /* metres, shaded by load and continuity (vd5_round computes it) */
     int radius;     /* the radius of the search that found them */
     int col;        /* the volunteer's column in the round's problem */
     int chosen;
@@ -216,6 +216,10 @@ int vd_request_rmax(const struct vd_job *j);
  * metrics); a fact without it is published again (a replay, or its first publication was not
  * settled). Facts this job published already are skipped. */
 void vd_publish_fact(struct vd_job *j, const char *line, size_t len);
+/* Tells the coordinator why their assignment of vid was refused (vd.notify.coordinator): the
+ * fact seq of the request's log, or 0 when the request has no log (unknown request). */
+void vd_publish_refused(struct vd_job *j, long long seq, const char *vid, const char *by,
+                        const char *why);
 /* Publishes the job's input to the dead-letter topic with error, one sentence. */
 void vd_publish_dead_letter(struct vd_job *j, const char *error);
 /* Counts an unmatched outcome by its reason. */

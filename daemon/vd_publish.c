@@ -134,8 +134,9 @@ static void publish_offered(struct vd_job *j, long long seq, const char *vid, co
     produce(j, VD_OUT_NOTIFICATIONS, rid, "vd.notify.volunteer", id, seq, n);
 }
 
+/* by: the coordinator who assigned the volunteer (vd.request.assign), or NULL. */
 static void publish_confirmed(struct vd_job *j, long long seq, const char *vid, const char *oid,
-                              int attempt, struct match_note note) {
+                              int attempt, struct match_note note, const char *by) {
     const char *rid = j->ev.request_id;
     const struct vd_event *req = j->req;
     char id[200];
@@ -143,12 +144,14 @@ static void publish_confirmed(struct vd_job *j, long long seq, const char *vid, 
                              "volunteer_id", vid, "offer_id", oid, "distance_m", note.distance_m,
                              "attempt", attempt, "radius_m", note.radius_m,
                              "candidates_considered", note.considered);
+    if (by) json_object_set_new(data, "assigned_by", json_string(by));
     add_request_fields(req, data);
     snprintf(id, sizeof id, "%s/confirmed/%s", rid, vid);
     produce(j, VD_OUT_ASSIGNMENTS, rid, "vd.assignment.confirmed", id, seq, data);
 
     json_t *n = json_pack("{s:s, s:s, s:s, s:s}", "kind", "assigned", "volunteer_id", vid,
                           "request_id", rid, "offer_id", oid);
+    if (by) json_object_set_new(n, "assigned_by", json_string(by));
     if (req->service[0]) json_object_set_new(n, "service", json_string(req->service));
     snprintf(id, sizeof id, "%s/notify-volunteer/%s", rid, vid);
     produce(j, VD_OUT_NOTIFICATIONS, rid, "vd.notify.volunteer", id, seq, n);
@@ -254,6 +257,21 @@ static void publish_released(struct vd_job *j, long long seq, const char *vid, c
     produce(j, VD_OUT_NOTIFICATIONS, rid, "vd.notify.coordinator", id, seq, coord);
 }
 
+void vd_publish_refused(struct vd_job *j, long long seq, const char *vid, const char *by,
+                        const char *why) {
+    const char *rid = j->ev.request_id;
+    char id[400];
+    if (seq > 0)
+        snprintf(id, sizeof id, "%s/refused/%lld", rid, seq);
+    else /* no log: the input message itself names it */
+        snprintf(id, sizeof id, "refused/%s/%d/%lld", j->part->topic, (int)j->part->partition,
+                 (long long)j->offset);
+    json_t *coord = json_pack("{s:s, s:s, s:s, s:s, s:s}", "kind", "assignment_refused",
+                              "request_id", rid, "volunteer_id", vid, "coordinator_id", by,
+                              "reason", why);
+    produce(j, VD_OUT_NOTIFICATIONS, rid, "vd.notify.coordinator", id, seq, coord);
+}
+
 void vd_publish_fact(struct vd_job *j, const char *line, size_t len) {
     struct vd_dispatch *d = j->d;
     int count = len > 0 && line[0] == '+';
@@ -288,11 +306,17 @@ void vd_publish_fact(struct vd_job *j, const char *line, size_t len) {
         publish_offered(j, seq, f[2], f[3], atoi(f[4]), atoll(f[5]), parse_note(f[6]));
         if (count) d->stats.offers[VD_OFFER_MADE]++;
     } else if (strcmp(kind, "confirmed") == 0 && n >= 6) {
-        publish_confirmed(j, seq, f[2], f[3], atoi(f[4]), parse_note(f[5]));
-        if (count) {
+        const char *by = n >= 7 && f[6][0] ? f[6] : NULL;
+        publish_confirmed(j, seq, f[2], f[3], atoi(f[4]), parse_note(f[5]), by);
+        if (count && by) {
+            d->stats.assigned++;
+        } else if (count) {
             d->stats.confirmed++;
             if (d->cfg->offer_timeout_ms > 0) d->stats.offers[VD_OFFER_ACCEPTED]++;
         }
+    } else if (strcmp(kind, "refused") == 0 && n >= 5) {
+        vd_publish_refused(j, seq, f[2], f[3], f[4]);
+        if (count) d->stats.assign_refused++;
     } else if (strcmp(kind, "withdrawn") == 0 && n >= 5) {
         publish_withdrawn(j, seq, f[2], f[3], f[4]);
         if (count)

@@ -252,6 +252,41 @@ static void run_tick(struct vd_job *j) {
     vd_job_call(j, &a, on_tick);
 }
 
+/* ---- a coordinator's assignment ---- */
+
+static void on_assign(struct vd_job *j, redisReply *r) {
+    char tag[16], why[160];
+    int want = take_step(j, r, tag, sizeof tag);
+    el(r, 8, why, sizeof why);
+    if (strcmp(tag, "replay") == 0) {
+        j->d->stats.replays++;
+    } else if (strcmp(tag, "refused") == 0) {
+        vd_info("request %s: assignment of volunteer %s by coordinator %s refused: %s",
+                j->ev.request_id, j->ev.volunteer_id, j->ev.coordinator_id, why);
+        /* An unknown request has no log to keep the refusal in: told here. */
+        if (strcmp(why, "unknown request") == 0) {
+            j->d->stats.assign_refused++;
+            vd_publish_refused(j, 0, j->ev.volunteer_id, j->ev.coordinator_id, why);
+        }
+    } else {
+        vd_info("request %s: volunteer %s assigned by coordinator %s", j->ev.request_id,
+                j->ev.volunteer_id, j->ev.coordinator_id);
+    }
+    after_step(j, want);
+}
+
+static void run_assign(struct vd_job *j) {
+    struct vd_args a;
+    request_call(j, &a, VD_FN("assign"), 3);
+    vd_argf(&a, "%sunstaffed", j->d->cfg->redis_key_prefix);
+    request_args(j, &a);
+    vd_arg(&a, j->ev.volunteer_id);
+    vd_arg(&a, j->ev.coordinator_id);
+    vd_arg(&a, j->ev.id); /* a redelivered assignment (the same event id) is a replay */
+    vd_argf(&a, "%d", j->d->cfg->max_tasks_per_day);
+    vd_job_call(j, &a, on_assign);
+}
+
 /* ---- cancel, complete ---- */
 
 static void on_cancel(struct vd_job *j, redisReply *r) {
@@ -328,6 +363,9 @@ void vd_request_run(struct vd_job *j) {
         break;
     case VD_EV_TASK_COMPLETED:
         run_complete(j);
+        break;
+    case VD_EV_REQUEST_ASSIGN:
+        run_assign(j);
         break;
     case VD_EV_OFFER_ACCEPTED:
     case VD_EV_OFFER_DECLINED:

@@ -1,9 +1,10 @@
-#!lua name=vdispatch_4
+#!lua name=vdispatch_5
 --[[
-The vdispatch Redis Function library, version 4: every state change of volunteers and
-requests, each one atomic. Version 4 keeps version 3's keys and data (the two run side by
-side) and searches with fewer GEOSEARCH calls. The version is in the library's name and in
-every function's name (vd4_*), so that two versions can run side by side during a rolling
+The vdispatch Redis Function library, version 5: every state change of volunteers and
+requests, each one atomic. Version 5 keeps version 4's keys and data (the two run side by
+side) and adds a coordinator's assignment (vd5_assign) and the set of requests a person must
+staff (P.."unstaffed"). The version is in the library's name and in
+every function's name (vd5_*), so that two versions can run side by side during a rolling
 upgrade: vdispatchd loads its own version when it is missing and never replaces another one
 (see daemon/vd_redis.c).
 
@@ -31,16 +32,21 @@ deployment's prefix can reach another deployment's keys):
                         attempts, o:<vid> "offer_id|attempt|deadline_ms", d:<vid> the match
                         note, t:<vid> when the volunteer was confirmed, c:<vid> how their task
                         ended, unmatched (outcome JSON), f:<n> the facts (event log) with seq
-                        and pub (see fact())
+                        and pub (see fact()), b:<vid> the coordinator who assigned the
+                        volunteer, x:<sha1 of an assignment's event id> the fact it made
   P.."due"              sorted set: request_id scored by when an instance must look at it next
                         (scheduled start, offer deadline, expires_at, task timeout, lease)
   P.."res/"..resident   the volunteer who last completed a task for that resident (an ID; it
                         expires after matching.continuity_days): continuity for the next request
-  P.."probe"            a short-lived key vd4_probe writes to learn that Redis takes writes
+  P.."probe"            a short-lived key vd5_probe writes to learn that Redis takes writes
+  P.."unstaffed"        sorted set: the requests that ended unmatched or expired with volunteers
+                        missing, scored by when (ms): what a coordinator must staff or cancel
+                        (vd5_assign and vd5_cancel take them out; vd5_sweep drops those whose
+                        record's time is over)
 
-Matching runs in rounds, per pool: vd4_round admits the round's new requests and returns the
+Matching runs in rounds, per pool: vd5_round admits the round's new requests and returns the
 candidate edges of every request that needs a volunteer, the daemon solves the assignment
-(common/vd_assign.c), and vd4_claim applies it, each pair re-checked atomically.
+(common/vd_assign.c), and vd5_claim applies it, each pair re-checked atomically.
 
 A volunteer is in exactly one pool (and its skill sets) while available and not held, and in
 none otherwise: that is the invariant that makes "no volunteer is held by two requests" a local
@@ -195,7 +201,7 @@ local function vol_args(keys, args, ch)
   return p, vid
 end
 
--- vd4_vol_available KEYS: vol vols  ARGV: prefix vid lat lon skills languages max_tasks team event_id
+-- vd5_vol_available KEYS: vol vols  ARGV: prefix vid lat lon skills languages max_tasks team event_id
 -- radius_max_m
 local function vol_available(keys, args)
   local ch = checker()
@@ -222,7 +228,7 @@ local function vol_available(keys, args)
   return 'pooled'
 end
 
--- vd4_vol_location KEYS: vol vols  ARGV: prefix vid lat lon radius_max_m
+-- vd5_vol_location KEYS: vol vols  ARGV: prefix vid lat lon radius_max_m
 local function vol_location(keys, args)
   local ch = checker()
   local _, vid = vol_args(keys, args, ch)
@@ -244,7 +250,7 @@ local function vol_location(keys, args)
   return 'stored'
 end
 
--- vd4_vol_unavailable KEYS: vol vols  ARGV: prefix vid
+-- vd5_vol_unavailable KEYS: vol vols  ARGV: prefix vid
 local function vol_unavailable(keys, args)
   local ch = checker()
   local _, vid = vol_args(keys, args, ch)
@@ -257,19 +263,24 @@ local function vol_unavailable(keys, args)
   return 'left'
 end
 
---[[ vd4_sweep KEYS: vols  ARGV: prefix ttl_ms limit
+--[[ vd5_sweep KEYS: vols unstaffed  ARGV: prefix ttl_ms limit request_ttl_ms
 Removes up to limit volunteer records that no event refreshed for ttl_ms: out of their pool,
 record deleted. One who holds a task stays until it ends (a task timeout ends it at the latest)
 and is looked at again a ttl later, unless the request holding them has no record any more.
-Their rolling 24 h task count expires on its own. ]]
+Their rolling 24 h task count expires on its own. Unstaffed requests that ended longer than
+request_ttl_ms ago and whose record is gone leave the unstaffed set (up to limit). ]]
 local function sweep(keys, args)
   local ch = checker()
   local p = args[1]
   local ttl, limit = int(args[2], 1, 1e12), int(args[3], 1, 10000)
-  ch.need(ttl and limit, 'ttl/limit')
-  ch.need(keys[1] == p .. 'vols', 'keys')
+  local rttl = int(args[4], 1, 1e12)
+  ch.need(ttl and limit and rttl, 'ttl/limit/request_ttl')
+  ch.need(keys[1] == p .. 'vols' and keys[2] == p .. 'unstaffed', 'keys')
   if ch.err then return bad(ch) end
   local now = now_ms()
+  for _, rid in ipairs(redis.call('ZRANGEBYSCORE', keys[2], '-inf', now - rttl, 'LIMIT', 0, limit)) do
+    if redis.call('EXISTS', K.req(p, rid)) == 0 then redis.call('ZREM', keys[2], rid) end
+  end
   local vids = redis.call('ZRANGEBYSCORE', keys[1], '-inf', now - ttl, 'LIMIT', 0, limit)
   local gone = 0
   for _, vid in ipairs(vids) do
@@ -287,7 +298,7 @@ local function sweep(keys, args)
   return gone
 end
 
--- vd4_probe KEYS: probe  A write that tells the daemon Redis takes writes (and has this library).
+-- vd5_probe KEYS: probe  A write that tells the daemon Redis takes writes (and has this library).
 local function probe(keys, args)
   redis.call('SET', keys[1], '1', 'PX', 10000)
   return 'ok'
@@ -304,8 +315,8 @@ local MOVES = {
   searching = {offered = true, confirmed = true, unmatched = true, expired = true, cancelled = true},
   offered   = {searching = true, confirmed = true, unmatched = true, expired = true, cancelled = true},
   confirmed = {completed = true, cancelled = true},
-  unmatched = {cancelled = true},
-  expired   = {cancelled = true},
+  unmatched = {confirmed = true, cancelled = true}, -- confirmed: a coordinator staffed it
+  expired   = {confirmed = true, cancelled = true},
   completed = {}, cancelled = {},
 }
 local ACTIVE = {scheduled = true, searching = true, offered = true}
@@ -375,7 +386,7 @@ end
 --[[ Facts are the request's event log: one line per output-worthy change, "kind|vid|...",
 kept in f:<n>; n is the request's sequence, which every output of the fact carries. Those
 after `pub` are not known to have reached Kafka yet; every function returns them, so whoever
-runs next publishes them again (same event ids) until vd4_settle says they were acknowledged.
+runs next publishes them again (same event ids) until vd5_settle says they were acknowledged.
 Kinds: offered|vid|offer_id|attempt|deadline|note  confirmed|vid|offer_id|attempt|note
 withdrawn|vid|offer_id|why  unmatched|json  cancelled|vid (vid empty: nobody was held)
 completed|vid|all(0/1)  released|vid|why (a task past task_timeout_s) ]]
@@ -451,7 +462,7 @@ local function set_due(c, r, keep_lease)
   end
   if r.seq > r.pub then at(c.now + c.lease) end
   if t and t <= c.now and keep_lease then
-    -- Overdue, but an instance holds it under a lease (vd4_settle): leave it theirs.
+    -- Overdue, but an instance holds it under a lease (vd5_settle): leave it theirs.
     local cur = tonumber(redis.call('ZSCORE', c.due, c.rid))
     if cur and cur > c.now then t = cur end
   end
@@ -474,6 +485,7 @@ local function end_unmatched(c, r, doc)
   local json = cjson.encode(doc)
   move(r, doc.reason == 'expired' and 'expired' or 'unmatched')
   redis.call('HSET', c.rkey, 'unmatched', json)
+  redis.call('ZADD', c.p .. 'unstaffed', c.now, c.rid) -- a person must staff or cancel it
   fact(c, r, 'unmatched|' .. json)
 end
 
@@ -801,7 +813,7 @@ end
 -- The fields of one request in a round call (see round()).
 local RFIELDS = 16
 
---[[ vd4_round KEYS: due pool  ARGV: settings, radius_start count max_points load_cost_m
+--[[ vd5_round KEYS: due pool  ARGV: settings, radius_start count max_points load_cost_m
 continuity_bonus_m n, then n requests of RFIELDS: rid new lat lon rmax skills languages needed
 at_ms exp_ms time_ms rq need preferred resident cover (0, or the metres a widened search must
 cover).
@@ -962,7 +974,7 @@ local function finish_unmatched(c, r, doc)
   end
 end
 
---[[ vd4_claim KEYS: due pool  ARGV: settings, n, then n blocks: rid lat lon rmax skills
+--[[ vd5_claim KEYS: due pool  ARGV: settings, n, then n blocks: rid lat lon rmax skills
 languages kind count, and count "vid note" pairs (kind 'offer') or one outcome document
 (kind 'finish', count 1).
 The second half of a matching round: the assignment the daemon solved, applied request by
@@ -1044,7 +1056,7 @@ local function claim(keys, args)
   return out
 end
 
---[[ vd4_respond KEYS: req due  ARGV: common, vid offer_id accept|decline
+--[[ vd5_respond KEYS: req due  ARGV: common, vid offer_id accept|decline
 The volunteer's answer to an offer. Accepted: confirmed. Declined: released, never offered
 this request again, and a search for the next one is due. An answer to no outstanding offer
 (wrong offer_id, another volunteer, past its deadline, already answered, an ended request)
@@ -1092,7 +1104,7 @@ local function respond(keys, args)
   return reply(c, r, why and 'ignored' or 'ok', s, list, nil, why or '')
 end
 
---[[ vd4_tick KEYS: req due  ARGV: common
+--[[ vd5_tick KEYS: req due  ARGV: common
 Run for a request taken from the due set: applies what time did (start, expiry, offer
 timeouts, task timeouts) and returns what is left to publish and whether to search. ]]
 local function tick(keys, args)
@@ -1111,14 +1123,14 @@ local function tick(keys, args)
   return reply(c, r, 'ok', s, list, nil)
 end
 
---[[ vd4_cancel KEYS: req due  ARGV: common
+--[[ vd5_cancel KEYS: req due  ARGV: common
 Cancels a request and releases every volunteer it holds or has an offer out to, back to their
 pool; a released assignment no longer counts toward the volunteer's daily cap. Facts:
 cancelled|vid per volunteer released, or one cancelled| when nobody was. A cancel that arrives
-before its request leaves a 'cancelled' record, so the request is never matched. A cancel
-seen again answers 'replay' with the first one's facts; a request that had already ended
-otherwise (unmatched or expired holding nobody, completed) answers 'ended' and changes
-nothing. ]]
+before its request leaves a 'cancelled' record, so the request is never matched. An unmatched
+or expired request may be cancelled (it leaves the unstaffed set: nobody need staff it). A
+cancel seen again answers 'replay' with the first one's facts; a completed request answers
+'ended' and changes nothing. ]]
 local function cancel(keys, args)
   local ch = checker()
   local c = context(keys, args, ch)
@@ -1127,10 +1139,7 @@ local function cancel(keys, args)
   if r.state == 'cancelled' then
     return reply(c, r, 'replay', 0, facts(c, r, {cancelled = true}))
   end
-  local running = #running_tasks(c, r)
-  if not MOVES[r.state].cancelled or (not ACTIVE[r.state] and r.state ~= 'received' and running == 0) then
-    return reply(c, r, 'ended', 0, {}, nil, r.state)
-  end
+  if not MOVES[r.state].cancelled then return reply(c, r, 'ended', 0, {}, nil, r.state) end
   local released = {}
   for _, l in ipairs({r.held, r.offers}) do
     for _, vid in ipairs(l) do
@@ -1138,6 +1147,7 @@ local function cancel(keys, args)
     end
   end
   move(r, 'cancelled')
+  redis.call('ZREM', c.p .. 'unstaffed', c.rid)
   r.offers = {}
   if #released == 0 then fact(c, r, 'cancelled|') end
   for _, vid in ipairs(released) do fact(c, r, 'cancelled|' .. vid) end
@@ -1146,7 +1156,91 @@ local function cancel(keys, args)
   return reply(c, r, 'ok', 0, list)
 end
 
---[[ vd4_complete KEYS: req due  ARGV: common, vid continuity_s
+--[[ vd5_assign KEYS: req due unstaffed  ARGV: common, vid coordinator_id event_id default_cap
+A coordinator sends a named volunteer (vd.request.assign). Applied when the request still
+misses a volunteer (searching or offered with a place no offer covers, or ended unmatched or
+expired) and the volunteer is free: available, holding no task, of the request's pool (the
+city, or the request's event), under their daily cap. The coordinator's judgement stands in
+for skills, languages and distance. The volunteer is confirmed at once (fact
+confirmed|vid|offer_id|attempt|note|coordinator; an unmatched or expired request that then
+has every volunteer is confirmed and leaves the unstaffed set). Otherwise nothing changes but
+the log: fact refused|vid|coordinator|why tells the coordinator why. The assignment's event id
+(its sha1, x:<sha1>) makes a redelivered assignment answer what the first delivery did:
+'replay' with that fact. An unknown request answers 'refused', nothing written. ]]
+local function assign(keys, args)
+  local ch = checker()
+  local c = context(keys, args, ch)
+  local vid, by, eid, cap0 = args[10], args[11], args[12], int(args[13], 1, 1000)
+  ch.need(is_id(vid) and is_id(by), 'volunteer_id/coordinator_id')
+  ch.need(cap0, 'default_cap')
+  ch.need(type(eid) == 'string' and #eid >= 1 and #eid <= 256, 'event id')
+  ch.need(keys[3] == c.p .. 'unstaffed', 'keys')
+  if ch.err then return bad(ch) end
+  local r = load(c)
+  if r.state == 'received' then return reply(c, r, 'refused', 0, {}, nil, 'unknown request') end
+  local ekey = redis.sha1hex(eid)
+  local first = tonumber(redis.call('HGET', c.rkey, 'x:' .. ekey))
+  if first then
+    local list = facts(c, r, nil)
+    local line = redis.call('HGET', c.rkey, 'f:' .. first) or ''
+    if first <= r.pub then table.insert(list, 1, first .. '|' .. line) end
+    return reply(c, r, 'replay', 0, list, nil, string.match(line, '^[^|]*'))
+  end
+  advance(c, r)
+  local data = request_data(c)
+  local rev = type(data.event_id) == 'string' and data.event_id or ''
+  local vkey = K.vol(c.p, vid)
+  local v = redis.call('HMGET', vkey, 'avail', 'task', 'pool', 'max_tasks', 'skills', 'lat', 'lon',
+                       'event_id')
+  local vev, why = v[8] or '', nil
+  if r.state == 'scheduled' then why = 'the request is scheduled: its matching starts at not_before'
+  elseif r.state == 'cancelled' or r.state == 'completed' then why = 'the request is ' .. r.state
+  elseif #r.held >= r.needed then why = 'the request has every volunteer it needs'
+  elseif has(r.held, vid) then why = 'the volunteer already serves this request'
+  elseif has(r.offers, vid) then why = 'the volunteer has an offer for this request outstanding'
+  elseif ACTIVE[r.state] and open_places(r) <= 0 then why = 'every open place has an offer outstanding'
+  elseif not v[1] then why = 'unknown volunteer'
+  elseif v[1] ~= '1' then why = 'the volunteer is not available'
+  elseif v[2] and v[2] ~= '' then why = 'the volunteer is busy with request ' .. v[2]
+  elseif vev ~= rev then
+    why = vev ~= '' and 'the volunteer serves event ' .. vev or 'the volunteer serves the city, not event ' .. rev
+  else
+    local cap = tonumber(v[4]) or 0
+    if cap <= 0 then cap = cap0 end
+    local n = redis.call('ZCOUNT', K.tasks(c.p, vid), '(' .. (c.now - DAY_MS), '+inf')
+    if n >= cap then why = 'the volunteer reached their daily cap (' .. cap .. ' tasks in 24 h)' end
+  end
+  if why then
+    fact(c, r, 'refused|' .. vid .. '|' .. by .. '|' .. why)
+  else
+    unpool(vkey, vid, v[3] or '', v[5])
+    redis.call('HSET', vkey, 'task', c.rid)
+    local tkey = K.tasks(c.p, vid)
+    redis.call('ZADD', tkey, c.now, c.rid)
+    redis.call('PEXPIRE', tkey, DAY_MS + 3600000)
+    r.attempts = r.attempts + 1
+    r.held[#r.held + 1] = vid
+    local dist, loc = 0, data.location
+    if type(loc) == 'table' and tonumber(loc.lat) and tonumber(loc.lon) and tonumber(v[6]) then
+      dist = distance(tonumber(loc.lat), tonumber(loc.lon), tonumber(v[6]), tonumber(v[7]))
+    end
+    local note = string.format('%.1f/0/0', dist)
+    local oid = 'as-' .. string.sub(redis.sha1hex(c.rid .. '/' .. vid), 1, 16)
+    redis.call('HSET', c.rkey, 'd:' .. vid, note, 't:' .. vid, c.now, 'b:' .. vid, by)
+    if not ACTIVE[r.state] and #r.held >= r.needed then
+      move(r, 'confirmed')
+      redis.call('ZREM', keys[3], c.rid)
+    end
+    fact(c, r, 'confirmed|' .. vid .. '|' .. oid .. '|' .. r.attempts .. '|' .. note .. '|' .. by)
+  end
+  redis.call('HSET', c.rkey, 'x:' .. ekey, r.seq)
+  local s = resolve(c, r)
+  local list = facts(c, r, nil)
+  finish_call(c, r)
+  return reply(c, r, why and 'refused' or 'ok', s, list, nil, why or '')
+end
+
+--[[ vd5_complete KEYS: req due  ARGV: common, vid continuity_s
 A volunteer finished their task: they return to the pool (if still available); fact
 completed|vid|all, all = 1 once every volunteer the request held has finished, and the request
 is then 'completed'. A completion seen again answers 'replay' with the completion facts; one
@@ -1194,7 +1288,7 @@ local function complete(keys, args)
   return reply(c, r, 'ok', 0, list)
 end
 
---[[ vd4_settle KEYS: due req...  ARGV: prefix lease_ms task_timeout_ms rid seq rid seq ...
+--[[ vd5_settle KEYS: due req...  ARGV: prefix lease_ms task_timeout_ms rid seq rid seq ...
 The facts up to seq of each request reached Kafka: they are not published again, and the
 request's due time drops back to its next deadline (or it leaves the due set). ]]
 local function settle(keys, args)
@@ -1228,7 +1322,7 @@ local function settle(keys, args)
   return #keys - 1
 end
 
---[[ vd4_due KEYS: due  ARGV: prefix lease_ms limit
+--[[ vd5_due KEYS: due  ARGV: prefix lease_ms limit
 Takes up to limit requests whose due time has come, and moves each a lease ahead: two
 instances never take the same request at once, and one that dies holding it only delays it
 by the lease. ]]
@@ -1243,16 +1337,17 @@ local function due(keys, args)
   return rids
 end
 
-redis.register_function('vd4_vol_available', vol_available)
-redis.register_function('vd4_vol_location', vol_location)
-redis.register_function('vd4_vol_unavailable', vol_unavailable)
-redis.register_function('vd4_sweep', sweep)
-redis.register_function('vd4_probe', probe)
-redis.register_function('vd4_round', round)
-redis.register_function('vd4_claim', claim)
-redis.register_function('vd4_respond', respond)
-redis.register_function('vd4_tick', tick)
-redis.register_function('vd4_settle', settle)
-redis.register_function('vd4_due', due)
-redis.register_function('vd4_cancel', cancel)
-redis.register_function('vd4_complete', complete)
+redis.register_function('vd5_vol_available', vol_available)
+redis.register_function('vd5_vol_location', vol_location)
+redis.register_function('vd5_vol_unavailable', vol_unavailable)
+redis.register_function('vd5_sweep', sweep)
+redis.register_function('vd5_probe', probe)
+redis.register_function('vd5_round', round)
+redis.register_function('vd5_claim', claim)
+redis.register_function('vd5_respond', respond)
+redis.register_function('vd5_tick', tick)
+redis.register_function('vd5_settle', settle)
+redis.register_function('vd5_due', due)
+redis.register_function('vd5_cancel', cancel)
+redis.register_function('vd5_complete', complete)
+redis.register_function('vd5_assign', assign)

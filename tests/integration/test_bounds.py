@@ -66,7 +66,7 @@ class Lib:
         return [P, rid, 604800, 5000, 5, self.timeout_ms, self.task_ms, want_rq, 5000]
 
     def settings(self):
-        """vd4_round's and vd4_claim's first arguments (ARGV settings)."""
+        """vd5_round's and vd5_claim's first arguments (ARGV settings)."""
         return [P, 604800, 5000, 5, self.timeout_ms, self.task_ms, 4, 5000]
 
     def call(self, name, keys, args):

@@ -648,7 +648,7 @@ static void test_names(void **state) {
     static const char *want[VD_EV__COUNT] = {
         "vd.volunteer.available", "vd.volunteer.location", "vd.volunteer.unavailable",
         "vd.request.created",     "vd.request.cancelled",  "vd.offer.accepted",
-        "vd.offer.declined",      "vd.task.completed",
+        "vd.offer.declined",      "vd.task.completed",     "vd.request.assign",
     };
     for (int t = 0; t < VD_EV__COUNT; t++)
         assert_string_equal(vd_event_type_name((enum vd_event_type)t), want[t]);

@@ -100,8 +100,8 @@ static void test_names(void **state) {
     assert_string_equal(vd_state_name(VD_STATE_OFFERED), "offered");
 }
 
-/* Ends have no way out, except that a partly staffed unmatched or expired request may be
- * cancelled to release those it holds; every state but received is reachable; every state
+/* Ends have no way out, except that an unmatched or expired request may be cancelled to
+ * release those it holds, or staffed by a coordinator (then confirmed); every state but received is reachable; every state
  * can end. */
 static void test_shape(void **state) {
     for (int s = 0; s < VD_STATE__COUNT; s++) {
@@ -116,6 +116,8 @@ static void test_shape(void **state) {
     assert_true(vd_state_can_move(VD_STATE_OFFERED, VD_STATE_SEARCHING));
     assert_false(vd_state_can_move(VD_STATE_CONFIRMED, VD_STATE_OFFERED));
     assert_false(vd_state_can_move(VD_STATE_SCHEDULED, VD_STATE_OFFERED));
+    assert_true(vd_state_can_move(VD_STATE_UNMATCHED, VD_STATE_CONFIRMED));
+    assert_false(vd_state_can_move(VD_STATE_COMPLETED, VD_STATE_CONFIRMED));
     assert_false(vd_state_can_move(VD_STATE__COUNT, VD_STATE_SEARCHING));
 }
 
