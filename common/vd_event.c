@@ -747,18 +747,23 @@ static char *dump(const json_t *json, size_t flags) {
 
 char *vd_event_encode(const char *type, const char *id, int64_t time_ms, long long sequence,
                       json_t *data) {
+    return vd_event_encode_from("vdispatchd", type, id, time_ms, sequence, data);
+}
+
+char *vd_event_encode_from(const char *source, const char *type, const char *id, int64_t time_ms,
+                           long long sequence, json_t *data) {
     char ts[32], seq[24];
     char *out = NULL;
     json_t *ev = NULL;
     int rc;
 
-    if (!type || !id || !data) goto out;
+    if (!source || !type || !id || !data) goto out;
     ev = json_object();
     if (!ev) goto out;
     vd_time_format(time_ms, ts, sizeof ts);
     if (json_object_set_new(ev, "specversion", json_string("1.0")) < 0 ||
         json_object_set_new(ev, "type", json_string(type)) < 0 ||
-        json_object_set_new(ev, "source", json_string("vdispatchd")) < 0 ||
+        json_object_set_new(ev, "source", json_string(source)) < 0 ||
         json_object_set_new(ev, "id", json_string(id)) < 0 ||
         json_object_set_new(ev, "time", json_string(ts)) < 0 ||
         json_object_set_new(ev, "datacontenttype", json_string("application/json")) < 0)

@@ -131,6 +131,9 @@ int vd_id_valid(const char *s);
  * allocation failure. */
 char *vd_event_encode(const char *type, const char *id, int64_t time_ms, long long sequence,
                       json_t *data);
+/* The same with another CloudEvents `source` than "vdispatchd" (vdispatchctl's input events). */
+char *vd_event_encode_from(const char *source, const char *type, const char *id, int64_t time_ms,
+                           long long sequence, json_t *data);
 
 /* What the daemon keeps of a request in Redis: a vd.request.created event with only what
  * matching and the outputs need (location, service, skills, languages, priority, volunteers

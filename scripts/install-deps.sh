@@ -7,6 +7,7 @@ packages=(
   build-essential cmake pkg-config            # toolchain
   libuv1-dev librdkafka-dev libhiredis-dev    # the daemon's libraries
   libjansson-dev libinih-dev libhttp-parser-dev
+  libcsv-dev                                  # vdispatchctl reads rosters (CSV)
   libcmocka-dev                               # unit tests
   redis-server redis-tools kcat python3       # integration tests and the demo
   clang libclang-rt-14-dev                    # fuzzing the event decoder (libFuzzer)

@@ -1,12 +1,16 @@
 """Integration tests of a coordinator's assignment (vd.request.assign): a named volunteer sent
 to a request nobody could serve, to an open place of a request still searching, and every
 refusal (the coordinator is told why, nothing changes); a redelivered assignment; the set of
-requests that need a person.
+requests that need a person. Then vdispatchctl, as a separate process against the same
+Redis and Kafka: lookups, pools, open requests, assign / cancel / complete through Kafka,
+rosters (CSV and JSON lines, with rejected rows), dead letters, and its exit codes.
 
     VD_BUILD=build VD_SOURCE=. python3 tests/integration/test_coordinator.py [test names]
 """
 
+import json
 import os
+import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -225,6 +229,212 @@ def test_cancel_leaves_the_unstaffed_set():
         env.send("requests", [vdtest.request_cancelled("rq-x")])
         wait_events(env, "assignments", "vd.request.cancelled", request_id="rq-x")
         assert unstaffed(env) == ["rq-y"], unstaffed(env)
+
+
+# --------------------------------------------------------------------------------------------
+# vdispatchctl
+
+def ctl(d, *args, wait=None, check=None, stdin=None):
+    """Runs build/vdispatchctl with the daemon's config; returns (exit code, stdout, stderr).
+    check: the exit code it must end with."""
+    argv = [vdtest._binary("vdispatchctl"), "-c", d.config_path] + list(args)
+    if wait is not None:
+        argv[3:3] = ["--wait", str(wait)]
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=120, input=stdin)
+    vdtest.log("vdispatchctl %s -> %d\n%s%s" % (" ".join(args), p.returncode, p.stdout[-2000:],
+                                                 p.stderr[-2000:]))
+    if check is not None:
+        assert p.returncode == check, "exit %d, expected %d: %s %s" % (
+            p.returncode, check, p.stdout, p.stderr)
+    return p.returncode, p.stdout, p.stderr
+
+
+def ctl_json(d, *args, check=0):
+    _, out, _ = ctl(d, "--json", *args, check=check)
+    return json.loads(out)
+
+
+def test_ctl_lookups_and_pools():
+    with vdtest.Env() as env:
+        d = start(env)
+        add_volunteers(env, [("vol-1", place(0, 100, 0), {"skills": ["first_aid", "driver"],
+                                                          "languages": ["zh", "mn"], "team": "red-cross"}),
+                             ("vol-2", place(0, 200, 0), {"skills": ["first_aid"]}),
+                             ("vol-e", place(2), {"event_id": "expo-1"})])
+        env.send("requests", [vdtest.request_created("rq-1", *place(0), service="health_check",
+                                                     priority="high", skills=["driver"])])
+        wait_events(env, "assignments", "vd.assignment.confirmed", request_id="rq-1")
+        env.send("requests", [vdtest.request_created("rq-2", *place(1), service="legal_aid")])
+        wait_events(env, "assignments", "vd.request.unmatched", request_id="rq-2")
+
+        _, out, _ = ctl(d, "request", "rq-1", check=0)
+        first = out.splitlines()[0]
+        assert first.startswith("confirmed "), out
+        assert "health_check" in first and "priority high" in first, out
+        assert any(l.split()[:2] == ["confirmed", "vol-1"] for l in out.splitlines()[1:]), out
+        r = ctl_json(d, "request", "rq-2")
+        assert r["state"] == "unmatched" and r["volunteers_missing"] == 1, r
+        assert r["unmatched"]["reason"] == "no_volunteer_in_range", r
+        assert r["service"] == "legal_aid" and r["volunteers"] == [], r
+        assert [f["fact"].split("|")[0] for f in r["log"]] == ["unmatched"], r["log"]
+
+        _, out, _ = ctl(d, "volunteer", "vol-1", check=0)
+        assert out.startswith("busy "), out
+        assert "rq-1" in out.splitlines()[0], out
+        v = ctl_json(d, "volunteer", "vol-2")
+        assert v["state"] == "available" and v["pooled"] and v["pool"] == "city", v
+        assert v["skills"] == ["first_aid"] and v["tasks_24h"] == 0, v
+        v = ctl_json(d, "volunteer", "vol-1")
+        assert v["task"] == "rq-1" and v["tasks_24h"] == 1 and not v["pooled"], v
+        assert v["team"] == "red-cross" and v["languages"] == ["zh", "mn"], v
+
+        code, out, _ = ctl(d, "request", "rq-none")
+        assert code == 1 and "unknown request rq-none" in out, (code, out)
+        assert ctl_json(d, "volunteer", "vol-none", check=1)["result"] == "not_found"
+        code, _, err = ctl(d, "request", "bad/id")
+        assert code == 2 and "not an ID" in err, (code, err)
+
+        p = ctl_json(d, "pools")
+        pools = {x["pool"]: x for x in p["pools"]}
+        assert pools["city"]["available"] == 1 and pools["city"]["skills"] == {"first_aid": 1}, p
+        assert pools["ev/expo-1"]["available"] == 1, p
+        assert p["volunteers"] == 3 and p["unstaffed"] == 1, p
+        _, out, _ = ctl(d, "pools", check=0)
+        assert out.splitlines()[1].split()[:2] == ["city", "1"], out
+
+
+def test_ctl_open_assign_cancel_complete():
+    with vdtest.Env() as env:
+        d = start(env)
+        add_volunteers(env, [("vol-far", place(0, 15000, 0), {}),
+                             ("vol-ev", place(0, 15000, 50), {"event_id": "concert-1"})])
+        env.send("requests", [vdtest.request_created("rq-old", *place(0), priority="urgent")])
+        wait_events(env, "assignments", "vd.request.unmatched", request_id="rq-old")
+        env.send("requests", [vdtest.request_created("rq-new", *place(1), volunteers_needed=2)])
+        wait_events(env, "assignments", "vd.request.unmatched", request_id="rq-new")
+
+        o = ctl_json(d, "open")
+        assert [x["request_id"] for x in o["open"]] == ["rq-old", "rq-new"], o
+        assert o["open"][0]["priority"] == "urgent" and o["open"][1]["volunteers_missing"] == 2, o
+        assert o["open"][0]["reason"] == "no_volunteer_in_range", o
+        _, out, _ = ctl(d, "open", check=0)
+        assert "rq-old" in out.splitlines()[1] and "2 requests to staff" in out, out
+
+        code, out, _ = ctl(d, "--coordinator", "coord.li", "assign", "rq-old", "vol-ev")
+        assert code == 1 and out.strip() == "refused: the volunteer serves event concert-1", out
+        code, out, _ = ctl(d, "--coordinator", "coord.li", "assign", "rq-old", "vol-far")
+        assert code == 0 and out.startswith("confirmed: volunteer vol-far assigned to request rq-old by coord.li"), out
+        conf = wait_events(env, "assignments", "vd.assignment.confirmed", request_id="rq-old")
+        assert conf[0]["data"]["assigned_by"] == "coord.li" and conf[0]["source"] == "vdispatchd", conf
+        sent = select(env.events("requests", timeout=5), "vd.request.assign")
+        assert len(sent) == 2 and all(e["source"] == "vdispatchctl" for e in sent), sent
+        assert ctl_json(d, "open")["total"] == 1
+        code, out, _ = ctl(d, "assign", "rq-none", "vol-far")
+        assert code == 1 and "unknown request" in out, out
+
+        code, out, _ = ctl(d, "complete", "rq-old", "vol-ev")
+        assert code == 1 and "does not hold" in out, out
+        r = ctl_json(d, "complete", "rq-old", "vol-far")
+        assert r["result"] == "completed" and r["all_done"], r
+        assert ctl_json(d, "request", "rq-old")["state"] == "completed"
+
+        r = ctl_json(d, "cancel", "rq-new")
+        assert r["result"] == "cancelled", r
+        assert ctl_json(d, "open")["open"] == []
+        code, out, _ = ctl(d, "cancel", "rq-new")
+        assert code == 1 and "already cancelled" in out, out
+        code, out, _ = ctl(d, "cancel", "rq-old")
+        assert code == 1 and "already completed" in out, out
+        assert not env.events("deadletter", timeout=5)
+
+
+ROSTER_CSV = """name,volunteer_id,phone,lat,lon,skills,languages,max_tasks_per_day,team,event_id
+Wang Fang,vol-r1,13800000001,40.8421,111.7490,first_aid;driver,zh;mn,3,red-cross,
+"Li, Lei",vol-r2,13800000002,40.8431,111.7500,,zh,,,concert-7
+Zhao Min,vol-r3,13800000003,91,111.75,,zh,,,
+Sun Li,bad/id,13800000004,40.84,111.75,,zh,,,
+
+Qian Wu,vol-r4,13800000005,40.85,,,zh,,,
+"""
+
+
+def test_ctl_roster():
+    with vdtest.Env() as env:
+        d = start(env)
+        path = os.path.join(d.dir, "roster.csv")
+        with open(path, "w") as f:
+            f.write(ROSTER_CSV)
+        r = ctl_json(d, "--dry-run", "roster", path, check=1)
+        assert r["rows"] == 5 and r["sent"] == 0 and r["dry_run"], r
+        assert env.redis.cmd("ZCARD", "vd:vols") == 0
+        code, out, err = ctl(d, "roster", path)
+        assert code == 1, (code, out, err)
+        assert out.splitlines()[0] == "roster %s: 5 rows, 2 sent, 3 rejected" % path, out
+        lines = out.splitlines()[1:]
+        assert lines[0].startswith("  line 4: data.location.lat: 91"), lines
+        assert lines[1].startswith("  line 5: data.volunteer_id:"), lines
+        assert lines[2].startswith("  line 7: data.location.lon:"), lines
+        assert "100%" in err, err
+        env.wait_for(lambda: env.redis.cmd("ZSCORE", POOL, "vol-r1") is not None, timeout=20,
+                     what="vol-r1 pooled")
+        env.wait_for(lambda: env.redis.cmd("ZSCORE", "vd:pool/ev/concert-7", "vol-r2") is not None,
+                     timeout=20, what="vol-r2 pooled in concert-7")
+        v = ctl_json(d, "volunteer", "vol-r1")
+        assert v["skills"] == ["first_aid", "driver"] and v["languages"] == ["zh", "mn"], v
+        assert v["max_tasks_per_day"] == 3 and v["team"] == "red-cross", v
+        raw = [m["value"] for m in env.kafka.consume(env.kafka.topic("volunteers"))]
+        assert len(raw) == 2 and not any("1380000" in x or "Wang" in x for x in raw), raw
+
+        jl = os.path.join(d.dir, "roster.jsonl")
+        with open(jl, "w") as f:
+            f.write(json.dumps({"volunteer_id": "vol-j1", "location": {"lat": 40.8, "lon": 111.7},
+                                "skills": ["legal"], "languages": ["zh"], "phone": "138"}) + "\n")
+            f.write(json.dumps({"volunteer_id": "vol-j2", "lat": 40.81, "lon": 111.71}) + "\n")
+            f.write("{not json\n")
+            f.write(json.dumps({"volunteer_id": "vol-j3", "location": {"lat": 40.8, "lon": 111.7},
+                                "skills": "legal"}) + "\n")
+        r = ctl_json(d, "roster", jl, check=1)
+        assert r["rows"] == 4 and r["sent"] == 2, r
+        assert [x["line"] for x in r["rejected"]] == [3, 4], r
+        assert r["rejected"][1]["error"].startswith("data.skills"), r
+        env.wait_for(lambda: env.redis.cmd("ZSCORE", POOL, "vol-j2") is not None, timeout=20,
+                     what="vol-j2 pooled")
+        code, out, _ = ctl(d, "roster", "-", stdin="volunteer_id,lat,lon\nvol-s1,40.8,111.7\n")
+        assert code == 0 and "1 rows, 1 sent, 0 rejected" in out, out
+        code, _, err = ctl(d, "roster", "-", stdin="id,lat,lon\nvol-s1,40.8,111.7\n")
+        assert code == 2 and "no column volunteer_id" in err, err
+
+
+def test_ctl_deadletters_and_failures():
+    with vdtest.Env() as env:
+        d = start(env)
+        env.send("requests", [("rq-bad", b'{"specversion":"1.0"'),
+                              vdtest.request_created("rq-lat", 95.0, 111.7)])
+        wait_events(env, "deadletter", count=2)
+        dl = ctl_json(d, "deadletters")["deadletters"]
+        assert len(dl) == 2, dl
+        assert any(x["error"].startswith("message:") for x in dl), dl
+        assert any(x["error"].startswith("data.location.lat") for x in dl), dl
+        _, out, _ = ctl(d, "--limit", "1", "deadletters", check=0)
+        assert out.splitlines()[-1] == "1 dead letter", out
+
+        # Redis unreachable: exit 3, naming it.
+        code, _, err = ctl(d, "--set", "redis.port=1", "request", "rq-1")
+        assert code == 3 and "Redis" in err, (code, err)
+        # Kafka unreachable for an action: exit 3 once --wait runs out.
+        env.send("requests", [vdtest.request_created("rq-k", *place(0))])
+        wait_events(env, "assignments", "vd.request.unmatched", request_id="rq-k")
+        code, _, err = ctl(d, "--set", "kafka.brokers=127.0.0.1:1", "cancel", "rq-k", wait=2)
+        assert code == 3 and "Kafka" in err, (code, err)
+        # Bad config: exit 2, naming the line.
+        bad = os.path.join(d.dir, "bad.ini")
+        with open(bad, "w") as f:
+            f.write("[matching]\nradius_max_m = far\n")
+        p = subprocess.run([vdtest._binary("vdispatchctl"), "-c", bad, "pools"], capture_output=True,
+                           text=True, timeout=30)
+        assert p.returncode == 2 and "bad.ini:2" in p.stderr, (p.returncode, p.stderr)
+        code, _, err = ctl(d, "assign", "rq-k")
+        assert code == 2 and "usage" in err, err
 
 
 if __name__ == "__main__":
