@@ -75,6 +75,9 @@ struct key_def {
 static int check_topic(const char *value, char *msg, size_t msglen);
 static int check_key_prefix(const char *value, char *msg, size_t msglen);
 static int check_listen(const char *value, char *msg, size_t msglen);
+static int check_token(const char *value, char *msg, size_t msglen);
+static int check_tiles(const char *value, char *msg, size_t msglen);
+static int check_source(const char *value, char *msg, size_t msglen);
 
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
 static const char *const format_names[] = {"json", "text"};
@@ -97,6 +100,7 @@ static const struct enum_def format_enum = {format_parse, format_names, 2};
 static const struct key_def keys[] = {
     STR("kafka", "brokers", kafka_brokers, "127.0.0.1:9092", F_NONEMPTY, NULL),
     STR("kafka", "group_id", kafka_group_id, "vdispatch", F_NONEMPTY, NULL),
+    STR("kafka", "source", event_source, "vdispatchd", F_NONEMPTY, check_source),
     STR("kafka", "topic.requests", topic_requests, "vd.requests", 0, check_topic),
     STR("kafka", "topic.volunteers", topic_volunteers, "vd.volunteers", 0, check_topic),
     STR("kafka", "topic.responses", topic_responses, "vd.responses", 0, check_topic),
@@ -142,6 +146,8 @@ static const struct key_def keys[] = {
     INT("matching", "continuity_days", continuity_days, "90", 1, 3650),
 
     STR("http", "listen", http_listen, "127.0.0.1:9464", 0, check_listen),
+    STR("http", "desk_token", desk_token, "", F_SECRET, check_token),
+    STR("http", "desk_tiles", desk_tiles, "", 0, check_tiles),
 
     ENUM("log", "level", log_level, "info", &level_enum),
     ENUM("log", "format", log_format, "json", &format_enum),
@@ -317,6 +323,42 @@ static int parse_int(const char *s, long long *out) {
 }
 
 /* "" (disabled), "host:port" or "[v6addr]:port", port 1..65535. */
+/* The desk's token: empty (the desk is read-only), or 16 to 256 printable ASCII characters
+ * without spaces (it travels in an Authorization header). */
+static int check_token(const char *value, char *msg, size_t msglen) {
+    size_t n = strlen(value);
+    int ok = n == 0 || (n >= 16 && n <= 256);
+    for (size_t i = 0; ok && i < n; i++) ok = value[i] > 0x20 && value[i] < 0x7f;
+    if (ok) return 0;
+    set_err(msg, msglen, "must be empty (read-only desk) or 16 to 256 printable characters "
+                         "without spaces (%zu given)", n);
+    return -1;
+}
+
+/* A tile URL template for the desk's map: http(s)://... with {z}, {x} and {y}. */
+static int check_tiles(const char *value, char *msg, size_t msglen) {
+    if (*value == '\0') return 0;
+    int ok = (strncmp(value, "https://", 8) == 0 || strncmp(value, "http://", 7) == 0) &&
+             strstr(value, "{z}") && strstr(value, "{x}") && strstr(value, "{y}") &&
+             !strpbrk(value, " \"'<>\\");
+    if (ok) return 0;
+    set_err(msg, msglen, "'%.*s' is not an http(s) URL template with {z}, {x} and {y} "
+                         "(empty = the map is drawn from the data alone)", VALUE_SHOWN, value);
+    return -1;
+}
+
+/* The CloudEvents source of the daemon's outputs: a URI-reference, here 1 to 256 printable
+ * ASCII characters without spaces. */
+static int check_source(const char *value, char *msg, size_t msglen) {
+    size_t n = strlen(value);
+    int ok = n >= 1 && n <= 256;
+    for (size_t i = 0; ok && i < n; i++) ok = value[i] > 0x20 && value[i] < 0x7f;
+    if (ok) return 0;
+    set_err(msg, msglen, "'%.*s' is not a URI-reference of 1 to 256 printable characters "
+                         "without spaces", VALUE_SHOWN, value);
+    return -1;
+}
+
 static int check_listen(const char *value, char *msg, size_t msglen) {
     if (*value == '\0') return 0;
     const char *colon = strrchr(value, ':');

@@ -29,6 +29,7 @@ struct vd_config {
     /* [kafka] */
     char *kafka_brokers;
     char *kafka_group_id;
+    char *event_source;      /* the CloudEvents source of every output */
     char *topic_requests;
     char *topic_volunteers;
     char *topic_responses;
@@ -70,6 +71,8 @@ struct vd_config {
     int continuity_days;     /* how long the last volunteer of a resident is remembered */
     /* [http] */
     char *http_listen;
+    char *desk_token;        /* "" = the desk is read-only */
+    char *desk_tiles;        /* a tile URL template for the desk's map, "" = none */
     /* [log] */
     int log_level; /* VD_LOG_DEBUG .. VD_LOG_ERROR, see vd_log.h */
     int log_format; /* enum vd_log_format */

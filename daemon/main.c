@@ -14,6 +14,7 @@
 #include <uv.h>
 
 #include "vd_config.h"
+#include "vd_desk.h"
 #include "vd_dispatch.h"
 #include "vd_http.h"
 #include "vd_kafka.h"
@@ -36,6 +37,7 @@ struct vd_server {
     struct vd_redis *redis;
     struct vd_kafka *kafka;
     struct vd_http *http;
+    struct vd_desk *desk;
     uv_signal_t sigterm, sigint, sighup;
     uv_timer_t cron;
     int stop_requested;
@@ -165,6 +167,18 @@ static void http_metrics(void *arg, struct vd_metrics_buf *out) {
                               reasons, st->unmatched, VD_UNMATCHED__COUNT);
     vd_metrics_counter(out, "vd_replays_total", "Requests seen again that already had an outcome.",
                        st->replays);
+    if (s->desk) {
+        const struct vd_desk_stats *ds = vd_desk_stats(s->desk);
+        vd_metrics_counter(out, "vd_desk_assignments_total",
+                           "Assignments sent from the desk (published as vd.request.assign).",
+                           ds->assigns);
+        vd_metrics_counter(out, "vd_desk_refused_total",
+                           "Desk actions refused: no or a wrong token, read-only desk, bad body.",
+                           ds->refused);
+        vd_metrics_counter(out, "vd_desk_state_reads_total",
+                           "Desk state snapshots served (one Redis read a second at most).",
+                           ds->states);
+    }
     vd_metrics_counter(out, "vd_coordinator_assigned_total",
                        "Volunteers confirmed by a coordinator's vd.request.assign.", st->assigned);
     vd_metrics_counter(out, "vd_coordinator_refused_total",
@@ -266,6 +280,28 @@ static void http_metrics(void *arg, struct vd_metrics_buf *out) {
     vd_metrics_gauge(out, "vd_intake_paused", "1 while intake is paused (Redis, stopping) or held (back-pressure).", vd_kafka_is_paused(s->kafka));
 }
 
+/* The Kafka edge's callbacks: inputs go to the dispatcher; a delivery is the desk's or a
+ * job's. */
+static void kafka_message(void *arg, rd_kafka_message_t *m, enum vd_topic_kind kind) {
+    vd_dispatch_on_message(((struct vd_server *)arg)->dispatch, m, kind);
+}
+static void kafka_assign(void *arg, const char *topic, int32_t partition, enum vd_topic_kind kind) {
+    vd_dispatch_on_assign(((struct vd_server *)arg)->dispatch, topic, partition, kind);
+}
+static void kafka_revoke(void *arg, const char *topic, int32_t partition, enum vd_topic_kind kind) {
+    vd_dispatch_on_revoke(((struct vd_server *)arg)->dispatch, topic, partition, kind);
+}
+static void kafka_delivered(void *arg, void *opaque) {
+    struct vd_server *s = arg;
+    if (s->desk && vd_desk_delivered(s->desk, opaque)) return;
+    vd_dispatch_on_delivered(s->dispatch, opaque);
+}
+
+static int http_route(void *arg, struct vd_http_request *req) {
+    struct vd_server *s = arg;
+    return s->desk ? vd_desk_route(s->desk, req) : -1;
+}
+
 static void finish_stop(struct vd_server *s) {
     vd_http_free(s->http);
     s->http = NULL;
@@ -279,6 +315,8 @@ static void finish_stop(struct vd_server *s) {
     s->kafka = NULL;
     vd_redis_free(s->redis);
     s->redis = NULL;
+    vd_desk_free(s->desk);
+    s->desk = NULL;
     vd_info("stopped");
 }
 
@@ -416,7 +454,7 @@ int main(int argc, char **argv) {
     char err[1024];
     if (s.cfg.http_listen[0]) {
         struct vd_http_handlers hh = {.ready = http_ready, .healthy = http_healthy,
-                                      .metrics = http_metrics};
+                                      .metrics = http_metrics, .route = http_route};
         s.http = vd_http_new(s.loop, s.cfg.http_listen, &hh, &s, err, sizeof err);
         if (!s.http) {
             vd_error("start failed: %s", err);
@@ -428,13 +466,13 @@ int main(int argc, char **argv) {
     s.dispatch = vd_dispatch_new(s.loop, &s.cfg);
     struct vd_redis_library lib = {VD_LIB_NAME, vd_lua_library, VD_FN("probe")};
     s.redis = vd_redis_new(s.loop, &s.cfg, &lib, on_redis_ready, on_redis_fatal, &s);
-    struct vd_kafka_handler h = {.on_message = vd_dispatch_on_message,
-                                 .on_assign = vd_dispatch_on_assign,
-                                 .on_revoke = vd_dispatch_on_revoke,
-                                 .on_delivered = vd_dispatch_on_delivered,
+    struct vd_kafka_handler h = {.on_message = kafka_message,
+                                 .on_assign = kafka_assign,
+                                 .on_revoke = kafka_revoke,
+                                 .on_delivered = kafka_delivered,
                                  .on_fatal = on_kafka_fatal,
                                  .fatal_arg = &s};
-    s.kafka = vd_kafka_new(s.loop, &s.cfg, &h, s.dispatch, err, sizeof err);
+    s.kafka = vd_kafka_new(s.loop, &s.cfg, &h, &s, err, sizeof err);
     if (!s.dispatch || !s.redis || !s.kafka) {
         vd_error("start failed: %s", s.kafka ? "out of memory" : err);
         vd_redis_free(s.redis);
@@ -445,6 +483,7 @@ int main(int argc, char **argv) {
         return 1;
     }
     vd_dispatch_attach(s.dispatch, s.redis, s.kafka);
+    s.desk = vd_desk_new(s.loop, &s.cfg, s.redis, s.kafka);
 
     uv_signal_init(s.loop, &s.sigterm);
     uv_signal_init(s.loop, &s.sigint);

@@ -1,10 +1,12 @@
-/* vd_http: a small HTTP/1.1 server on the libuv loop for /metrics, /healthz and /readyz.
+/* vd_http: a small HTTP/1.1 server on the libuv loop for /metrics, /healthz, /readyz and the
+ * application's own routes (the coordinators' desk).
  *
  * Each connection (struct conn) owns two handles, the socket and a timer, and is freed in the
  * close callback of whichever closes last. It moves through the states of enum conn_state:
  * bytes are fed to http-parser while READING; when a request is complete the parser is
- * paused, the answer is built at once (the handlers are synchronous) and written with one
- * uv_write, and reading stops until that write ends (WRITING). Bytes that arrived after the
+ * paused, the answer is built (at once for the built-in paths; an application route may
+ * answer later, WAITING, through vd_http_respond()) and written with one uv_write, and reading
+ * stops until that write ends (WRITING). Bytes that arrived after the
  * request (pipelining) stay in the input buffer and are parsed when the write is done, so a
  * connection never has more than one response queued however fast a client sends. A response
  * that ends the connection is followed by a shutdown of our side and a short LINGERING phase
@@ -45,12 +47,14 @@
 #define URL_MAX 256 /* longer URLs cannot name one of our paths: 404 */
 #define OUT_MAX 1024 /* status line, headers and any small body */
 #define WHY_MAX 256
+#define AUTH_MAX 256 /* the Authorization header; longer ones are dropped (and so refused) */
 
 #define TEXT_TYPE "text/plain; charset=utf-8"
 #define METRICS_TYPE "text/plain; version=0.0.4; charset=utf-8"
 
 enum conn_state {
     C_READING,   /* waiting for (the rest of) a request; what arrives goes to the parser */
+    C_WAITING,   /* an application route answers later; reading stopped, input kept in `in` */
     C_WRITING,   /* a response is being written; reading stopped, unparsed input kept in `in` */
     C_LINGERING, /* last response sent and our side shut down; input dropped until EOF */
     C_CLOSING,   /* uv_close called on both handles; freed in the last close callback */
@@ -69,6 +73,15 @@ struct conn {
     int url_overflow;
     size_t body_bytes;
     int body_too_large;
+    char body_in[MAX_BODY]; /* the request body (a POST to an application route) */
+    enum { H_NONE, H_FIELD, H_VALUE } hstate; /* where the header parser is */
+    int in_auth;            /* the header value being parsed is Authorization's */
+    char auth[AUTH_MAX + 1];
+    size_t auth_len;
+    int auth_overflow;
+    char field[16];         /* the start of the header name being parsed, lower-cased */
+    size_t field_len;
+    struct vd_http_request *pending; /* WAITING: the request the application holds */
     int close_after;      /* the response being written is the connection's last */
     char in[IN_SIZE];
     size_t in_off, in_len; /* input not yet parsed, kept while WRITING */
@@ -98,13 +111,28 @@ static void on_timeout(uv_timer_t *t);
 static int on_message_begin(http_parser *p);
 static int on_url(http_parser *p, const char *at, size_t len);
 static int on_body(http_parser *p, const char *at, size_t len);
+static int on_header_field(http_parser *p, const char *at, size_t len);
+static int on_header_value(http_parser *p, const char *at, size_t len);
 static int on_message_complete(http_parser *p);
 
 static const http_parser_settings settings = {
     .on_message_begin = on_message_begin,
     .on_url = on_url,
+    .on_header_field = on_header_field,
+    .on_header_value = on_header_value,
     .on_body = on_body,
     .on_message_complete = on_message_complete,
+};
+
+/* A request an application route holds until it answers (vd_http_respond). conn is NULL
+ * once the connection has gone: the answer is then dropped. */
+struct vd_http_request_priv {
+    struct vd_http_request pub;
+    struct conn *conn;
+    int head_only;
+    char url[URL_MAX + 1];
+    char body[MAX_BODY + 1];
+    char auth[AUTH_MAX + 1];
 };
 
 static void server_unref(struct vd_http *s) {
@@ -126,6 +154,10 @@ static void on_conn_closed(uv_handle_t *h) {
 
 static void close_conn(struct conn *c) {
     if (c->state == C_CLOSING) return;
+    if (c->pending) {
+        ((struct vd_http_request_priv *)c->pending)->conn = NULL;
+        c->pending = NULL;
+    }
     c->state = C_CLOSING;
     uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
     uv_close((uv_handle_t *)&c->timer, on_conn_closed);
@@ -275,12 +307,68 @@ static void serve_metrics(struct conn *c, int head_only) {
 }
 
 /* Answers the request the parser has just completed. */
+/* Hands the request to the application's routes; returns 0 when one took it. */
+static int app_route(struct conn *c, const char *path, size_t plen, const struct http_parser_url *u) {
+    struct vd_http *s = c->srv;
+    if (!s->h.route) return -1;
+    struct vd_http_request_priv *q = calloc(1, sizeof *q);
+    if (!q) return -1;
+    http_parser *p = &c->parser;
+    q->conn = c;
+    q->head_only = p->method == HTTP_HEAD;
+    memcpy(q->url, c->url, c->url_len);
+    size_t blen = c->body_bytes < MAX_BODY ? c->body_bytes : MAX_BODY;
+    memcpy(q->body, c->body_in, blen);
+    memcpy(q->auth, c->auth, c->auth_len);
+    q->pub.method = http_method_str((enum http_method)p->method);
+    q->pub.path = q->url + (path - c->url);
+    q->pub.path_len = plen;
+    if (u->field_set & (1 << UF_QUERY)) {
+        q->pub.query = q->url + u->field_data[UF_QUERY].off;
+        q->pub.query_len = u->field_data[UF_QUERY].len;
+    } else {
+        q->pub.query = "";
+    }
+    q->pub.body = q->body;
+    q->pub.body_len = blen;
+    q->pub.authorization = c->auth_overflow ? "" : q->auth;
+    c->pending = &q->pub;
+    c->state = C_WAITING;
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    uv_timer_start(&c->timer, on_timeout, IDLE_MS, 0);
+    if (s->h.route(s->arg, &q->pub) == 0) return 0;
+    c->pending = NULL;
+    c->state = C_READING;
+    free(q);
+    return -1;
+}
+
+void vd_http_respond(struct vd_http_request *req, int status, const char *ctype,
+                     const char *extra, const char *body, size_t len) {
+    struct vd_http_request_priv *q = (struct vd_http_request_priv *)req;
+    struct conn *c = q->conn;
+    int head_only = q->head_only;
+    free(q);
+    if (!c) return; /* the client left meanwhile */
+    c->pending = NULL;
+    char *owned = NULL;
+    if (len > 0 && !head_only) {
+        owned = malloc(len);
+        if (!owned) {
+            close_conn(c);
+            return;
+        }
+        memcpy(owned, body, len);
+    }
+    send_response(c, status, ctype ? ctype : TEXT_TYPE, extra, owned, len, owned, head_only);
+}
+
 static void route(struct conn *c) {
     http_parser *p = &c->parser;
     int head_only = p->method == HTTP_HEAD;
     c->close_after = !http_should_keep_alive(p) || p->upgrade;
-    if (p->method != HTTP_GET && !head_only) {
-        send_text(c, 405, "Allow: GET, HEAD\r\n", "method not allowed\n", 0);
+    if (p->method != HTTP_GET && !head_only && p->method != HTTP_POST) {
+        send_text(c, 405, "Allow: GET, HEAD, POST\r\n", "method not allowed\n", 0);
         return;
     }
     if (c->url_overflow) {
@@ -296,6 +384,17 @@ static void route(struct conn *c) {
     }
     const char *path = c->url + u.field_data[UF_PATH].off;
     size_t plen = u.field_data[UF_PATH].len;
+    int builtin = path_is(path, plen, "/metrics") || path_is(path, plen, "/healthz") ||
+                  path_is(path, plen, "/readyz");
+    if (builtin && p->method == HTTP_POST) {
+        send_text(c, 405, "Allow: GET, HEAD\r\n", "method not allowed\n", 0);
+        return;
+    }
+    if (!builtin && app_route(c, path, plen, &u) == 0) return;
+    if (p->method == HTTP_POST) {
+        send_text(c, 405, "Allow: GET, HEAD\r\n", "method not allowed\n", 0);
+        return;
+    }
     if (path_is(path, plen, "/metrics")) serve_metrics(c, head_only);
     else if (path_is(path, plen, "/healthz"))
         serve_check(c, c->srv->h.healthy, "ok\n", "unhealthy", head_only);
@@ -310,6 +409,43 @@ static int on_message_begin(http_parser *p) {
     c->url_overflow = 0;
     c->body_bytes = 0;
     c->body_too_large = 0;
+    c->auth_len = 0;
+    c->auth_overflow = 0;
+    c->in_auth = 0;
+    c->field_len = 0;
+    c->hstate = H_NONE;
+    return 0;
+}
+
+/* Only Authorization is kept (the desk's token). Names and values may come in pieces: a
+ * name is complete when its value begins, a value when the next name (or the body) begins. */
+static int on_header_field(http_parser *p, const char *at, size_t len) {
+    struct conn *c = p->data;
+    if (c->hstate != H_FIELD) c->field_len = 0;
+    c->hstate = H_FIELD;
+    for (size_t i = 0; i < len && c->field_len < sizeof c->field - 1; i++) {
+        char ch = at[i];
+        c->field[c->field_len++] = (char)(ch >= 'A' && ch <= 'Z' ? ch + 32 : ch);
+    }
+    c->field[c->field_len] = '\0';
+    return 0;
+}
+
+static int on_header_value(http_parser *p, const char *at, size_t len) {
+    struct conn *c = p->data;
+    if (c->hstate != H_VALUE) {
+        c->in_auth = strcmp(c->field, "authorization") == 0;
+        if (c->in_auth) c->auth_len = 0; /* the last one counts */
+    }
+    c->hstate = H_VALUE;
+    if (!c->in_auth) return 0;
+    if (c->auth_len + len > AUTH_MAX) {
+        c->auth_overflow = 1;
+        return 0;
+    }
+    memcpy(c->auth + c->auth_len, at, len);
+    c->auth_len += len;
+    c->auth[c->auth_len] = '\0';
     return 0;
 }
 
@@ -326,7 +462,7 @@ static int on_url(http_parser *p, const char *at, size_t len) {
 
 static int on_body(http_parser *p, const char *at, size_t len) {
     struct conn *c = p->data;
-    (void)at; /* the body of a GET or HEAD has no meaning here: counted and dropped */
+    if (c->body_bytes + len <= MAX_BODY) memcpy(c->body_in + c->body_bytes, at, len);
     c->body_bytes += len;
     if (c->body_bytes <= MAX_BODY) return 0;
     c->body_too_large = 1;

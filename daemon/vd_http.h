@@ -1,10 +1,12 @@
-/* vd_http: the daemon's HTTP endpoint for operators: /metrics, /healthz and /readyz.
+/* vd_http: the daemon's HTTP endpoint: /metrics, /healthz and /readyz for operators, and the
+ * application's own routes (the coordinators' desk).
  *
  * A small HTTP/1.1 server on the daemon's libuv loop (requests parsed with http-parser).
- * GET or HEAD only: /healthz answers 200 "ok" while the process can go on (503 with the reason
+ * The built-in paths take GET or HEAD: /healthz answers 200 "ok" while the process can go on (503 with the reason
  * once it knows it cannot: a fatal error, it is stopping to exit 1), /readyz 200 "ready" or
- * 503 with the reason the daemon gives, /metrics 200 with Prometheus text (format 0.0.4);
- * any other path is 404, any other method 405. Connections are kept alive unless the client
+ * 503 with the reason the daemon gives, /metrics 200 with Prometheus text (format 0.0.4).
+ * Any other path goes to the route handler, which may answer now or later (GET, HEAD or
+ * POST); a path it does not take is 404; any other method 405. Connections are kept alive unless the client
  * asks otherwise. Limits: 8 KiB of request line and headers (431), 8 KiB of request body
  * (413), 64 connections at once (further ones are accepted and closed at once), 10 s to send a
  * complete request after connecting or after the previous response. The handlers run on the
@@ -19,6 +21,19 @@
 struct vd_metrics_buf;
 struct vd_http;
 
+/* A request for an application route. Valid until answered with vd_http_respond(), which
+ * must happen exactly once for every request the route handler took. */
+struct vd_http_request {
+    const char *method;        /* "GET", "HEAD", "POST" */
+    const char *path;          /* not NUL-terminated: path_len bytes */
+    size_t path_len;
+    const char *query;         /* without '?', query_len bytes ("" when none) */
+    size_t query_len;
+    const char *body;          /* NUL-terminated, body_len bytes (at most 8 KiB) */
+    size_t body_len;
+    const char *authorization; /* the Authorization header, "" when absent or too long */
+};
+
 struct vd_http_handlers {
     /* Returns 1 when ready, or 0 with a short reason (one line, no secrets) written into why
      * (why[0] is '\0' on entry). NULL: always ready. */
@@ -28,7 +43,16 @@ struct vd_http_handlers {
     /* Appends the Prometheus text to out (see vd_metrics.h). If out->failed is set afterwards
      * the scrape is answered with 500. NULL: an empty page. */
     void (*metrics)(void *arg, struct vd_metrics_buf *out);
+    /* Any other path: returns 0 when it takes the request (and answers it, now or later,
+     * with vd_http_respond), -1 for 404. NULL: every other path is 404. */
+    int (*route)(void *arg, struct vd_http_request *req);
 };
+
+/* Answers a request a route took: status, Content-Type (NULL: text/plain), further header
+ * lines each ending in CRLF (or NULL), and the body, copied. When the client has gone
+ * meanwhile the answer is dropped. Either way req is freed. */
+void vd_http_respond(struct vd_http_request *req, int status, const char *ctype,
+                     const char *extra, const char *body, size_t len);
 
 struct vd_http_stats {
     uint64_t connections; /* accepted and served */

@@ -432,6 +432,7 @@ struct vd_kafka *vd_kafka_new(uv_loop_t *loop, const struct vd_config *cfg,
     k->out_topics[VD_OUT_ASSIGNMENTS] = cfg->topic_assignments;
     k->out_topics[VD_OUT_NOTIFICATIONS] = cfg->topic_notifications;
     k->out_topics[VD_OUT_DEADLETTER] = cfg->topic_deadletter;
+    k->out_topics[VD_OUT_REQUESTS] = cfg->topic_requests;
     k->assigned = rd_kafka_topic_partition_list_new(16);
 
     rd_kafka_conf_t *pconf = build_conf(cfg, 0, err, errlen);

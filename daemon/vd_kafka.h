@@ -25,7 +25,15 @@
 struct vd_config;
 struct vd_kafka;
 
-enum vd_output_topic { VD_OUT_ASSIGNMENTS = 0, VD_OUT_NOTIFICATIONS, VD_OUT_DEADLETTER, VD_OUT__COUNT };
+/* Where the daemon produces: its three outputs, and topic.requests for the desk's actions
+ * (input events, which the daemon then consumes like any other). */
+enum vd_output_topic {
+    VD_OUT_ASSIGNMENTS = 0,
+    VD_OUT_NOTIFICATIONS,
+    VD_OUT_DEADLETTER,
+    VD_OUT_REQUESTS,
+    VD_OUT__COUNT
+};
 
 struct vd_kafka_handler {
     /* A consumed message from an input topic of the given kind; the callee owns m. */

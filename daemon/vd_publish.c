@@ -27,7 +27,7 @@ static int64_t wall_ms(void) {
 
 static void produce(struct vd_job *j, enum vd_output_topic topic, const char *key, const char *type,
                     const char *id, long long seq, json_t *data) {
-    char *s = vd_event_encode(type, id, wall_ms(), seq, data);
+    char *s = vd_event_encode_from(j->d->cfg->event_source, type, id, wall_ms(), seq, data);
     if (!s) {
         vd_error("out of memory encoding %s", type);
         abort();

@@ -1337,6 +1337,113 @@ local function due(keys, args)
   return rids
 end
 
+-- ---- the coordinators' desk (read only) -------------------------------------------------
+
+-- A request's stored data (the daemon's own JSON) as the desk shows it; nil when it has none.
+local function desk_request(p, rid, since)
+  local v = redis.call('HMGET', K.req(p, rid), 'state', 'needed', 'held', 'offers', 'rq',
+                       'unmatched', 'seq')
+  if not v[1] then return nil end
+  local ok, doc = pcall(cjson.decode, v[5] or '')
+  local d = ok and type(doc) == 'table' and type(doc.data) == 'table' and doc.data or {}
+  local loc = type(d.location) == 'table' and d.location or {}
+  local e = {id = rid, state = v[1], needed = tonumber(v[2]) or 1, held = #split(v[3]),
+             offers = #split(v[4]), lat = tonumber(loc.lat), lon = tonumber(loc.lon),
+             service = type(d.service) == 'string' and d.service or '',
+             priority = type(d.priority) == 'string' and d.priority or 'normal',
+             event = type(d.event_id) == 'string' and d.event_id or '', since = since}
+  if v[6] then
+    local ok2, u = pcall(cjson.decode, v[6])
+    if ok2 and type(u) == 'table' and type(u.reason) == 'string' then e.reason = u.reason end
+  end
+  -- The last fact, when it is a coordinator's: what came of the last assignment.
+  local last = tonumber(v[7]) and redis.call('HGET', K.req(p, rid), 'f:' .. v[7])
+  if last and (string.find(last, '^refused|') or string.find(last, '^confirmed|.*|.*|.*|.*|')) then
+    e.last = last
+  end
+  return e
+end
+
+--[[ vd5_desk KEYS: unstaffed due  ARGV: prefix max_requests max_volunteers
+What the desk shows, as one JSON document: the requests a coordinator must staff (oldest
+first) and those being matched (searching or offered, from the due set), each with its place,
+service, priority, volunteers needed, held and offered, why unmatched, and the last
+coordinator's fact; the available volunteers of the city pool and of the events of those
+requests, as [vid, geohash score, ...] per pool (the desk decodes the scores: no GEOPOS per
+volunteer); and every listed pool's size. ]]
+local function desk(keys, args)
+  local ch = checker()
+  local p = args[1]
+  local maxr, maxv = int(args[2], 1, 10000), int(args[3], 0, 100000)
+  ch.need(maxr and maxv, 'limits')
+  ch.need(keys[1] == p .. 'unstaffed' and keys[2] == p .. 'due', 'keys')
+  if ch.err then return bad(ch) end
+  local reqs, pools, seen = {}, {[p .. 'pool/city'] = 'city'}, {}
+  local function add(rid, since, only_active)
+    if seen[rid] then return end
+    seen[rid] = true
+    local e = desk_request(p, rid, since)
+    if not e or (only_active and e.state ~= 'searching' and e.state ~= 'offered') then return end
+    if e.event ~= '' then pools[K.pool(p, e.event)] = 'ev/' .. e.event end
+    reqs[#reqs + 1] = e
+  end
+  local un = redis.call('ZRANGE', keys[1], 0, maxr - 1, 'WITHSCORES')
+  for i = 1, #un, 2 do add(un[i], tonumber(un[i + 1]), false) end
+  for _, rid in ipairs(redis.call('ZRANGE', keys[2], 0, maxr * 2 - 1)) do
+    if #reqs >= maxr * 2 then break end
+    add(rid, nil, true)
+  end
+  local vols, sizes = {}, {}
+  for key, name in pairs(pools) do
+    sizes[name] = redis.call('ZCARD', key)
+    vols[name] = maxv > 0 and redis.call('ZRANGE', key, 0, maxv - 1, 'WITHSCORES') or {}
+  end
+  return cjson.encode({now = now_ms(), requests = reqs, volunteers = vols, pools = sizes,
+                       unstaffed = redis.call('ZCARD', keys[1])})
+end
+
+--[[ vd5_near KEYS: req  ARGV: prefix rid count default_cap
+The free volunteers nearest a request, in its pool (the city or its event), for a coordinator
+to choose from: up to count, searched within 2, 8, 32 and then 128 km, each with distance,
+skills, languages, team, tasks in the last 24 h, daily cap, and whether they have the skills
+and a language the request asks for. One JSON document. ]]
+local function near(keys, args)
+  local ch = checker()
+  local p, rid = args[1], args[2]
+  local count, cap0 = int(args[3], 1, 100), int(args[4], 1, 1000)
+  ch.need(is_id(rid) and keys[1] == K.req(p, rid), 'request_id/keys')
+  ch.need(count and cap0, 'count/default_cap')
+  if ch.err then return bad(ch) end
+  local v = redis.call('HMGET', keys[1], 'state', 'rq')
+  if not v[1] then return cjson.encode({request = rid, error = 'unknown request'}) end
+  local ok, doc = pcall(cjson.decode, v[2] or '')
+  local d = ok and type(doc) == 'table' and type(doc.data) == 'table' and doc.data or {}
+  local loc = type(d.location) == 'table' and d.location or {}
+  if not (lat_ok(loc.lat) and lon_ok(loc.lon)) then
+    return cjson.encode({request = rid, state = v[1], error = 'the request has no place'})
+  end
+  local want_sk = type(d.skills) == 'table' and d.skills or {}
+  local want_lang = type(d.languages) == 'table' and d.languages or {}
+  local pool, found = K.pool(p, d.event_id), {}
+  for _, r in ipairs({2000, 8000, 32000, 128000}) do
+    found = redis.call('GEOSEARCH', pool, 'FROMLONLAT', loc.lon, loc.lat, 'BYRADIUS', r, 'm',
+                       'ASC', 'COUNT', count, 'WITHDIST')
+    if #found >= count then break end
+  end
+  local now, out = now_ms(), {}
+  for _, f in ipairs(found) do
+    local h = redis.call('HMGET', K.vol(p, f[1]), 'skills', 'languages', 'max_tasks', 'team')
+    local cap = tonumber(h[3]) or 0
+    if cap <= 0 then cap = cap0 end
+    local sk, lg = split(h[1]), split(h[2])
+    out[#out + 1] = {id = f[1], distance_m = tonumber(f[2]), skills = table.concat(sk, ','),
+                     languages = table.concat(lg, ','), team = h[4] or '', cap = cap,
+                     tasks_24h = redis.call('ZCOUNT', K.tasks(p, f[1]), '(' .. (now - DAY_MS), '+inf'),
+                     skills_ok = has_all(set_of(sk), want_sk), languages_ok = has_any(set_of(lg), want_lang)}
+  end
+  return cjson.encode({request = rid, state = v[1], volunteers = out})
+end
+
 redis.register_function('vd5_vol_available', vol_available)
 redis.register_function('vd5_vol_location', vol_location)
 redis.register_function('vd5_vol_unavailable', vol_unavailable)
@@ -1351,3 +1458,5 @@ redis.register_function('vd5_due', due)
 redis.register_function('vd5_cancel', cancel)
 redis.register_function('vd5_complete', complete)
 redis.register_function('vd5_assign', assign)
+redis.register_function{function_name = 'vd5_desk', callback = desk, flags = {'no-writes'}}
+redis.register_function{function_name = 'vd5_near', callback = near, flags = {'no-writes'}}

@@ -10,6 +10,7 @@ packages=(
   libcsv-dev                                  # vdispatchctl reads rosters (CSV)
   libcmocka-dev                               # unit tests
   redis-server redis-tools kcat python3       # integration tests and the demo
+  chromium python3-websocket                  # the desk's tests in a real headless browser
   clang libclang-rt-14-dev                    # fuzzing the event decoder (libFuzzer)
 )
 
