@@ -166,6 +166,12 @@ int vd_metrics_counter(struct vd_metrics_buf *b, const char *name, const char *h
     return vd_metrics_sample_u64(b, name, NULL, 0, value);
 }
 
+int vd_metrics_counter_double(struct vd_metrics_buf *b, const char *name, const char *help,
+                              double value) {
+    if (vd_metrics_header(b, name, help, VD_METRICS_COUNTER)) return -1;
+    return vd_metrics_sample_double(b, name, NULL, 0, value);
+}
+
 int vd_metrics_gauge(struct vd_metrics_buf *b, const char *name, const char *help, double value) {
     if (vd_metrics_header(b, name, help, VD_METRICS_GAUGE)) return -1;
     return vd_metrics_sample_double(b, name, NULL, 0, value);

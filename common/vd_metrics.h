@@ -76,6 +76,9 @@ int vd_metrics_sample_double(struct vd_metrics_buf *b, const char *name,
 int vd_metrics_counter(struct vd_metrics_buf *b, const char *name, const char *help,
                        uint64_t value);
 int vd_metrics_gauge(struct vd_metrics_buf *b, const char *name, const char *help, double value);
+/* A counter whose value is not a whole number (process_cpu_seconds_total). */
+int vd_metrics_counter_double(struct vd_metrics_buf *b, const char *name, const char *help,
+                              double value);
 
 /* A counter family with one label: n samples name{label="values[i]"} counts[i], in the order
  * given (e.g. vd_unmatched_total{reason=...} from an array indexed by an enum). Returns 0 or

@@ -6,7 +6,11 @@
  * Stop sequence: start no new job, let running jobs finish and their outputs be acknowledged
  * (bounded by daemon.shutdown_timeout_ms), commit the stored offsets, leave the group, close
  * the Redis client, then let the loop run out. */
+#include <dirent.h>
 #include <getopt.h>
+#include <sys/resource.h>
+#include <sys/time.h>
+#include <unistd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,6 +54,7 @@ struct vd_server {
     uint64_t stop_started_ms;
     uint64_t last_stats_ms;
     int exit_code;
+    double start_time; /* wall clock, seconds since the epoch */
 };
 
 static void usage(FILE *out) {
@@ -149,6 +154,69 @@ static int http_ready(void *arg, char *why, size_t whylen) {
     return 1;
 }
 
+/* librdkafka's view: lag per input topic (over the partitions this instance holds) and the
+ * brokers it is connected to. Absent until its first statistics (10 s after start). */
+static void kafka_metrics(struct vd_metrics_buf *out, const struct vd_config *cfg,
+                          const struct vd_kafka_stats *ks) {
+    if (!ks->stats_ms) return;
+    const char *topics[3] = {cfg->topic_requests, cfg->topic_volunteers, cfg->topic_responses};
+    vd_metrics_header(out, "vd_kafka_consumer_lag",
+                      "Messages not yet consumed, per input topic, over the partitions this "
+                      "instance holds (librdkafka statistics).",
+                      VD_METRICS_GAUGE);
+    for (int i = 0; i < 3; i++) {
+        if (ks->lag[i] < 0) continue;
+        struct vd_metrics_label l = {"topic", topics[i]};
+        vd_metrics_sample_double(out, "vd_kafka_consumer_lag", &l, 1, (double)ks->lag[i]);
+    }
+    vd_metrics_gauge(out, "vd_kafka_brokers_up", "Kafka brokers the consumer is connected to.",
+                     ks->brokers_up);
+}
+
+/* The process_* family every Prometheus client library exports, from /proc. */
+static void process_metrics(struct vd_metrics_buf *out, const struct vd_server *s) {
+    long ticks = sysconf(_SC_CLK_TCK), page = sysconf(_SC_PAGESIZE);
+    FILE *f = fopen("/proc/self/stat", "r");
+    if (f) {
+        char buf[1024];
+        size_t n = fread(buf, 1, sizeof buf - 1, f);
+        fclose(f);
+        buf[n] = '\0';
+        /* Fields after the command (in parentheses, which may hold spaces). */
+        char *p = strrchr(buf, ')');
+        unsigned long utime = 0, stime = 0, vsize = 0;
+        long rss = 0;
+        if (p && sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu %*d %*d %*d %*d "
+                               "%*d %*d %*u %lu %ld", &utime, &stime, &vsize, &rss) == 4 && ticks > 0) {
+            vd_metrics_counter_double(out, "process_cpu_seconds_total",
+                                      "Total user and system CPU time spent in seconds.",
+                                      (double)(utime + stime) / (double)ticks);
+            vd_metrics_gauge(out, "process_virtual_memory_bytes", "Virtual memory size in bytes.",
+                             (double)vsize);
+            vd_metrics_gauge(out, "process_resident_memory_bytes", "Resident memory size in bytes.",
+                             (double)rss * (double)page);
+        }
+    }
+    int fds = 0;
+    DIR *dir = opendir("/proc/self/fd");
+    if (dir) {
+        for (struct dirent *e; (e = readdir(dir));) fds += e->d_name[0] != '.';
+        closedir(dir);
+        vd_metrics_gauge(out, "process_open_fds", "Number of open file descriptors.", fds - 1);
+    }
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0)
+        vd_metrics_gauge(out, "process_max_fds", "Maximum number of open file descriptors.",
+                         (double)rl.rlim_cur);
+    vd_metrics_gauge(out, "process_start_time_seconds",
+                     "Start time of the process since unix epoch in seconds.", s->start_time);
+    vd_metrics_header(out, "vdispatch_build_info",
+                      "The build: vdispatchd's version and its Redis Function library.",
+                      VD_METRICS_GAUGE);
+    struct vd_metrics_label l[2] = {{"version", VD_VERSION}, {"library", VD_LIB_NAME}};
+    vd_metrics_sample_double(out, "vdispatch_build_info", l, 2, 1);
+}
+
 static void http_metrics(void *arg, struct vd_metrics_buf *out) {
     struct vd_server *s = arg;
     const struct vd_dispatch_stats *st = vd_dispatch_stats(s->dispatch);
@@ -167,18 +235,7 @@ static void http_metrics(void *arg, struct vd_metrics_buf *out) {
                               reasons, st->unmatched, VD_UNMATCHED__COUNT);
     vd_metrics_counter(out, "vd_replays_total", "Requests seen again that already had an outcome.",
                        st->replays);
-    if (s->desk) {
-        const struct vd_desk_stats *ds = vd_desk_stats(s->desk);
-        vd_metrics_counter(out, "vd_desk_assignments_total",
-                           "Assignments sent from the desk (published as vd.request.assign).",
-                           ds->assigns);
-        vd_metrics_counter(out, "vd_desk_refused_total",
-                           "Desk actions refused: no or a wrong token, read-only desk, bad body.",
-                           ds->refused);
-        vd_metrics_counter(out, "vd_desk_state_reads_total",
-                           "Desk state snapshots served (one Redis read a second at most).",
-                           ds->states);
-    }
+    if (s->desk) vd_desk_metrics(s->desk, out);
     vd_metrics_counter(out, "vd_coordinator_assigned_total",
                        "Volunteers confirmed by a coordinator's vd.request.assign.", st->assigned);
     vd_metrics_counter(out, "vd_coordinator_refused_total",
@@ -186,9 +243,17 @@ static void http_metrics(void *arg, struct vd_metrics_buf *out) {
                        st->assign_refused);
     vd_metrics_counter(out, "vd_ignored_responses_total",
                        "Late, duplicate or mismatched responses and cancels.", st->ignored_responses);
-    vd_metrics_counter_family(out, "vd_offers_total",
-                              "Offers made, and how they ended (accepted, declined, timed_out, "
-                              "expired).", "result", results, st->offers, VD_OFFER__COUNT);
+    vd_metrics_counter(out, "vd_offers_made_total", "Offers made to volunteers.",
+                       st->offers[VD_OFFER_MADE]);
+    vd_metrics_counter_family(out, "vd_offers_resolved_total",
+                              "Offers that ended, by how (accepted, declined, timed_out, expired).",
+                              "result", results + 1, st->offers + 1, VD_OFFER__COUNT - 1);
+    vd_histogram_render(out, "vd_request_to_confirmed_seconds",
+                        "From a request's own time (its CloudEvents time) to each volunteer's "
+                        "confirmation: accepted, assigned at once, or by a coordinator.",
+                        &st->request_to_confirmed);
+    kafka_metrics(out, &s->cfg, ks);
+    process_metrics(out, s);
     vd_metrics_counter(out, "vd_scheduled_total", "Requests that waited for their not_before.",
                        st->scheduled);
     vd_metrics_counter(out, "vd_due_runs_total",
@@ -262,8 +327,8 @@ static void http_metrics(void *arg, struct vd_metrics_buf *out) {
     vd_metrics_counter(out, "vd_round_requests_total",
                        "Requests in matching rounds (a request may be in several).",
                        st->round_requests);
-    vd_metrics_counter(out, "vd_solve_microseconds_total",
-                       "Time spent solving the rounds' assignments, in microseconds.", st->solve_us);
+    vd_metrics_counter_double(out, "vd_solve_seconds_total",
+                              "Time spent solving the rounds' assignments.", (double)st->solve_us / 1e6);
     vd_metrics_counter(out, "vd_rounds_uncertain_total",
                        "Rounds claimed while some request had not seen far enough to be sure of "
                        "the optimum (the widenings ran out).",
@@ -362,6 +427,7 @@ static void on_cron(uv_timer_t *t) {
         return;
     }
     vd_dispatch_cron(s->dispatch);
+    if (s->desk && !s->stopping) vd_desk_cron(s->desk);
     if (now - s->last_stats_ms >= STATS_EVERY_MS) {
         s->last_stats_ms = now;
         log_stats(s);
@@ -451,6 +517,9 @@ int main(int argc, char **argv) {
 
     s.loop = uv_default_loop();
     s.exit_code = 0;
+    struct timeval started;
+    gettimeofday(&started, NULL);
+    s.start_time = (double)started.tv_sec + (double)started.tv_usec / 1e6;
     char err[1024];
     if (s.cfg.http_listen[0]) {
         struct vd_http_handlers hh = {.ready = http_ready, .healthy = http_healthy,

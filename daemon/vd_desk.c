@@ -16,6 +16,7 @@
 #include "vd_kafka.h"
 #include "vd_log.h"
 #include "vd_lua.h"
+#include "vd_metrics.h"
 #include "vd_redis.h"
 
 #define STATE_MAX_AGE_MS 1000 /* a snapshot is shared by every desk that polls within this */
@@ -23,6 +24,8 @@
 #define DESK_VOLUNTEERS 5000  /* available volunteers drawn per pool */
 #define NEAR_COUNT 10
 #define JSON_TYPE "application/json"
+#define GAUGES_EVERY_MS 5000
+#define MAX_POOLS 201 /* the city and up to 200 events */
 
 /* Requests for /desk/state waiting for the snapshot being read. */
 struct waiter {
@@ -57,6 +60,13 @@ struct vd_desk {
     unsigned seq;
     char host[64];
     struct vd_desk_stats stats;
+    /* The city's gauges, from the last vd5_gauges. */
+    int gauges_in_flight, have_gauges;
+    uint64_t gauges_ms;
+    long long unstaffed, due, volunteers;
+    int npools;
+    char pool_name[MAX_POOLS][VD_ID_MAX + 4];
+    long long pool_size[MAX_POOLS];
 };
 
 static int path_is(const struct vd_http_request *req, const char *want) {
@@ -396,6 +406,73 @@ struct vd_desk *vd_desk_new(uv_loop_t *loop, const struct vd_config *cfg, struct
 }
 
 const struct vd_desk_stats *vd_desk_stats(const struct vd_desk *d) { return &d->stats; }
+
+/* ---- the city's gauges ---- */
+
+static void on_gauges(struct vd_redis *r, redisReply *reply, void *arg) {
+    struct vd_desk *d = arg;
+    d->gauges_in_flight = 0;
+    if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements < 3) return;
+    for (size_t i = 0; i < 3; i++)
+        if (reply->element[i]->type != REDIS_REPLY_INTEGER) return;
+    d->unstaffed = reply->element[0]->integer;
+    d->due = reply->element[1]->integer;
+    d->volunteers = reply->element[2]->integer;
+    d->npools = 0;
+    for (size_t i = 3; i + 1 < reply->elements && d->npools < MAX_POOLS; i += 2) {
+        const redisReply *n = reply->element[i], *v = reply->element[i + 1];
+        if (n->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_INTEGER) continue;
+        snprintf(d->pool_name[d->npools], sizeof d->pool_name[0], "%s", n->str);
+        d->pool_size[d->npools++] = v->integer;
+    }
+    d->have_gauges = 1;
+}
+
+void vd_desk_cron(struct vd_desk *d) {
+    uint64_t now = uv_now(d->loop);
+    if (d->gauges_in_flight || (d->gauges_ms && now - d->gauges_ms < GAUGES_EVERY_MS) ||
+        !vd_redis_is_ready(d->redis))
+        return;
+    d->gauges_ms = now;
+    const char *pfx = d->cfg->redis_key_prefix;
+    char k1[300], k2[300], k3[300];
+    snprintf(k1, sizeof k1, "%sunstaffed", pfx);
+    snprintf(k2, sizeof k2, "%sdue", pfx);
+    snprintf(k3, sizeof k3, "%svols", pfx);
+    const char *argv[] = {"FCALL_RO", VD_FN("gauges"), "3", k1, k2, k3, pfx};
+    size_t lens[7];
+    for (int i = 0; i < 7; i++) lens[i] = strlen(argv[i]);
+    if (vd_redis_command(d->redis, on_gauges, d, 7, argv, lens) == 0) d->gauges_in_flight = 1;
+}
+
+void vd_desk_metrics(const struct vd_desk *d, struct vd_metrics_buf *out) {
+    vd_metrics_counter(out, "vd_desk_assignments_total",
+                       "Assignments sent from the desk (published as vd.request.assign).",
+                       d->stats.assigns);
+    vd_metrics_counter(out, "vd_desk_refused_total",
+                       "Desk actions refused: no or a wrong token, read-only desk, bad body.",
+                       d->stats.refused);
+    vd_metrics_counter(out, "vd_desk_state_reads_total",
+                       "Desk state snapshots served (one Redis read a second at most).",
+                       d->stats.states);
+    if (!d->have_gauges) return;
+    vd_metrics_gauge(out, "vd_requests_unstaffed",
+                     "Requests that ended unmatched or expired with volunteers missing: a "
+                     "coordinator must staff or cancel them (vdispatchctl open).",
+                     (double)d->unstaffed);
+    vd_metrics_gauge(out, "vd_requests_due",
+                     "Requests with a deadline ahead (scheduled, offered, searching, tasks running).",
+                     (double)d->due);
+    vd_metrics_gauge(out, "vd_volunteers_registered", "Volunteers with a record in Redis.",
+                     (double)d->volunteers);
+    vd_metrics_header(out, "vd_pool_available",
+                      "Volunteers available and free now, per pool (the city, each event).",
+                      VD_METRICS_GAUGE);
+    for (int i = 0; i < d->npools; i++) {
+        struct vd_metrics_label l = {"pool", d->pool_name[i]};
+        vd_metrics_sample_double(out, "vd_pool_available", &l, 1, (double)d->pool_size[i]);
+    }
+}
 
 void vd_desk_free(struct vd_desk *d) {
     if (!d) return;

@@ -1,4 +1,5 @@
-/* vd_desk: the coordinators' desk, a web page the daemon serves at /desk.
+/* vd_desk: the coordinators' desk, a web page the daemon serves at /desk, and the city's
+ * gauges for /metrics (requests to staff, pool sizes), read from Redis every 5 s.
  *
  * The page (daemon/desk/: HTML, script and style, embedded in the daemon: nothing comes from
  * a CDN) draws the city from the data itself: the requests that need a person, those being
@@ -29,6 +30,8 @@ struct vd_kafka;
 struct vd_http_request;
 struct vd_desk;
 
+struct vd_metrics_buf;
+
 struct vd_desk_stats {
     uint64_t pages, states, nears, assigns, refused; /* refused: 400, 401, 403 */
 };
@@ -40,6 +43,10 @@ int vd_desk_route(struct vd_desk *d, struct vd_http_request *req);
 /* A Kafka delivery report: 1 when opaque was one of the desk's events (then handled). */
 int vd_desk_delivered(struct vd_desk *d, void *opaque);
 const struct vd_desk_stats *vd_desk_stats(const struct vd_desk *d);
+/* From the daemon's cron: reads the city's gauges (vd5_gauges) when the last read is 5 s old. */
+void vd_desk_cron(struct vd_desk *d);
+/* Appends the desk's counters and the city's gauges (absent until the first read). */
+void vd_desk_metrics(const struct vd_desk *d, struct vd_metrics_buf *out);
 void vd_desk_free(struct vd_desk *d);
 
 #endif

@@ -596,6 +596,8 @@ struct vd_dispatch *vd_dispatch_new(uv_loop_t *loop, const struct vd_config *cfg
     d->timers->internal = 1;
     static const double bounds[] = {0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5};
     vd_histogram_init(&d->stats.match_seconds, bounds, sizeof bounds / sizeof bounds[0]);
+    static const double people[] = {0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 14400};
+    vd_histogram_init(&d->stats.request_to_confirmed, people, sizeof people / sizeof people[0]);
     return d;
 }
 

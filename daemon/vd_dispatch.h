@@ -95,6 +95,7 @@ struct vd_dispatch_stats {
     uint64_t volunteers_swept;       /* volunteer records gone after redis.volunteer_ttl_s */
     uint64_t match_latency_us_sum, matches;
     struct vd_histogram match_seconds;
+    struct vd_histogram request_to_confirmed; /* seconds, request's time to confirmation */
 };
 
 struct vd_dispatch *vd_dispatch_new(uv_loop_t *loop, const struct vd_config *cfg);

@@ -23,6 +23,9 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <jansson.h>
+#include <sys/time.h>
+
 #include "vd_config.h"
 #include "vd_log.h"
 
@@ -136,7 +139,9 @@ static rd_kafka_conf_t *build_conf(const struct vd_config *cfg, int consumer, ch
              * does) delays a lone request by up to this; librdkafka's default is 500 ms. A
              * real broker answers as soon as data arrives: there a larger value only saves
              * idle fetches. */
-            set(conf, "fetch.wait.max.ms", "10", "fetch.wait.max.ms", err, errlen) < 0)
+            set(conf, "fetch.wait.max.ms", "10", "fetch.wait.max.ms", err, errlen) < 0 ||
+            /* Consumer lag and broker states for /metrics. */
+            set(conf, "statistics.interval.ms", "10000", "statistics.interval.ms", err, errlen) < 0)
             goto err;
     } else {
         /* A produce request carries at most 256 KiB (librdkafka's default: 1 MB): with up to
@@ -185,6 +190,42 @@ static enum vd_topic_kind topic_kind(const struct vd_kafka *k, const char *topic
     if (strcmp(topic, k->cfg->topic_requests) == 0) return VD_TOPIC_REQUESTS;
     if (strcmp(topic, k->cfg->topic_volunteers) == 0) return VD_TOPIC_VOLUNTEERS;
     return VD_TOPIC_RESPONSES;
+}
+
+/* librdkafka's statistics (the consumer's, on the loop thread): the lag of the partitions
+ * this instance holds, per input topic, and how many brokers it is connected to. */
+static int stats_cb(rd_kafka_t *rk, char *json, size_t len, void *opaque) {
+    struct vd_kafka *k = opaque;
+    json_t *st = json_loadb(json, len, 0, NULL);
+    if (!st) return 0;
+    int up = 0;
+    const char *name;
+    json_t *v;
+    json_object_foreach(json_object_get(st, "brokers"), name, v) {
+        if (json_integer_value(json_object_get(v, "nodeid")) >= 0 &&
+            json_is_string(json_object_get(v, "state")) &&
+            strcmp(json_string_value(json_object_get(v, "state")), "UP") == 0)
+            up++;
+    }
+    int64_t lag[3] = {-1, -1, -1};
+    json_object_foreach(json_object_get(st, "topics"), name, v) {
+        enum vd_topic_kind kind = topic_kind(k, name);
+        if (kind == VD_TOPIC_RESPONSES && strcmp(name, k->cfg->topic_responses) != 0) continue;
+        const char *pid;
+        json_t *p;
+        json_object_foreach(json_object_get(v, "partitions"), pid, p) {
+            json_int_t l = json_integer_value(json_object_get(p, "consumer_lag"));
+            if (!json_is_true(json_object_get(p, "desired")) || l < 0) continue;
+            lag[kind] = (lag[kind] < 0 ? 0 : lag[kind]) + l;
+        }
+    }
+    json_decref(st);
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    memcpy(k->stats.lag, lag, sizeof lag);
+    k->stats.brokers_up = up;
+    k->stats.stats_ms = (uint64_t)tv.tv_sec * 1000 + (uint64_t)tv.tv_usec / 1000;
+    return 0; /* librdkafka frees json */
 }
 
 static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
@@ -420,6 +461,7 @@ struct vd_kafka *vd_kafka_new(uv_loop_t *loop, const struct vd_config *cfg,
                               size_t errlen) {
     char errstr[512];
     struct vd_kafka *k = calloc(1, sizeof *k);
+    if (k) k->stats.lag[0] = k->stats.lag[1] = k->stats.lag[2] = -1;
     if (!k) {
         snprintf(err, errlen, "out of memory");
         return NULL;
@@ -452,6 +494,7 @@ struct vd_kafka *vd_kafka_new(uv_loop_t *loop, const struct vd_config *cfg,
     rd_kafka_conf_set_opaque(cconf, k);
     rd_kafka_conf_set_rebalance_cb(cconf, rebalance_cb);
     rd_kafka_conf_set_error_cb(cconf, error_cb);
+    rd_kafka_conf_set_stats_cb(cconf, stats_cb);
     k->consumer = rd_kafka_new(RD_KAFKA_CONSUMER, cconf, errstr, sizeof errstr);
     if (!k->consumer) {
         snprintf(err, errlen, "kafka consumer: %s", errstr);

@@ -50,6 +50,12 @@ struct vd_kafka_handler {
 
 struct vd_kafka_stats {
     uint64_t consumed, produced, delivered, delivery_retries, rebalances;
+    /* From librdkafka's statistics (every kafka.consumer.statistics.interval.ms, 10 s by
+     * default); stats_ms is 0 until the first arrived. */
+    int64_t lag[3];      /* messages behind, per input topic kind, over the partitions this
+                            instance holds (-1: unknown, none assigned) */
+    int brokers_up;      /* brokers the consumer is connected to */
+    uint64_t stats_ms;   /* wall-clock ms of the last statistics */
 };
 
 /* Builds both librdkafka configurations from cfg (the daemon's defaults, then

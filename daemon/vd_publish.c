@@ -308,6 +308,9 @@ void vd_publish_fact(struct vd_job *j, const char *line, size_t len) {
     } else if (strcmp(kind, "confirmed") == 0 && n >= 6) {
         const char *by = n >= 7 && f[6][0] ? f[6] : NULL;
         publish_confirmed(j, seq, f[2], f[3], atoi(f[4]), parse_note(f[5]), by);
+        if (count && j->req->time_ms > 0)
+            vd_histogram_observe(&d->stats.request_to_confirmed,
+                                 (double)(wall_ms() - j->req->time_ms) / 1000.0);
         if (count && by) {
             d->stats.assigned++;
         } else if (count) {

@@ -39,6 +39,7 @@ deployment's prefix can reach another deployment's keys):
   P.."res/"..resident   the volunteer who last completed a task for that resident (an ID; it
                         expires after matching.continuity_days): continuity for the next request
   P.."probe"            a short-lived key vd5_probe writes to learn that Redis takes writes
+  P.."events"           set: the events whose pool has volunteers (for the pool gauges)
   P.."unstaffed"        sorted set: the requests that ended unmatched or expired with volunteers
                         missing, scored by when (ms): what a coordinator must staff or cancel
                         (vd5_assign and vd5_cancel take them out; vd5_sweep drops those whose
@@ -144,9 +145,12 @@ end
 
 -- ---- volunteers ---------------------------------------------------------------------------
 
--- Adds a volunteer to a pool and to the pool's set of each of their skills.
+-- Adds a volunteer to a pool and to the pool's set of each of their skills. An event's pool
+-- is listed in P.."events" (for the pool gauges; vd5_sweep drops it once the pool is empty).
 local function pool_add(pool, vid, lon, lat, skills)
   redis.call('GEOADD', pool, lon, lat, vid)
+  local p, ev = string.match(pool, '^(.*)pool/ev/([^/]+)$')
+  if ev then redis.call('SADD', p .. 'events', ev) end
   for _, sk in ipairs(split(skills)) do redis.call('GEOADD', pool .. '/s/' .. sk, lon, lat, vid) end
 end
 
@@ -281,6 +285,9 @@ local function sweep(keys, args)
   for _, rid in ipairs(redis.call('ZRANGEBYSCORE', keys[2], '-inf', now - rttl, 'LIMIT', 0, limit)) do
     if redis.call('EXISTS', K.req(p, rid)) == 0 then redis.call('ZREM', keys[2], rid) end
   end
+  -- One listed event a call: dropped once nobody is in its pool.
+  local ev = redis.call('SRANDMEMBER', p .. 'events')
+  if ev and redis.call('EXISTS', K.pool(p, ev)) == 0 then redis.call('SREM', p .. 'events', ev) end
   local vids = redis.call('ZRANGEBYSCORE', keys[1], '-inf', now - ttl, 'LIMIT', 0, limit)
   local gone = 0
   for _, vid in ipairs(vids) do
@@ -1402,6 +1409,23 @@ local function desk(keys, args)
                        unstaffed = redis.call('ZCARD', keys[1])})
 end
 
+--[[ vd5_gauges KEYS: unstaffed due vols  ARGV: prefix
+The city at a glance, for /metrics: {requests to staff, requests in the due set, volunteers
+with a record, then pool name, available ... for the city and each listed event}. ]]
+local function gauges(keys, args)
+  local p = args[1]
+  if not (keys[1] == p .. 'unstaffed' and keys[2] == p .. 'due' and keys[3] == p .. 'vols') then
+    return redis.error_reply('VDINPUT keys')
+  end
+  local out = {redis.call('ZCARD', keys[1]), redis.call('ZCARD', keys[2]),
+               redis.call('ZCARD', keys[3]), 'city', redis.call('ZCARD', K.pool(p, ''))}
+  for _, ev in ipairs(redis.call('SRANDMEMBER', p .. 'events', 200)) do
+    out[#out + 1] = 'ev/' .. ev
+    out[#out + 1] = redis.call('ZCARD', K.pool(p, ev))
+  end
+  return out
+end
+
 --[[ vd5_near KEYS: req  ARGV: prefix rid count default_cap
 The free volunteers nearest a request, in its pool (the city or its event), for a coordinator
 to choose from: up to count, searched within 2, 8, 32 and then 128 km, each with distance,
@@ -1460,3 +1484,4 @@ redis.register_function('vd5_complete', complete)
 redis.register_function('vd5_assign', assign)
 redis.register_function{function_name = 'vd5_desk', callback = desk, flags = {'no-writes'}}
 redis.register_function{function_name = 'vd5_near', callback = near, flags = {'no-writes'}}
+redis.register_function{function_name = 'vd5_gauges', callback = gauges, flags = {'no-writes'}}

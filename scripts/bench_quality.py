@@ -324,7 +324,7 @@ def main():
                        "calls (%.3f per volunteer sent), %.1f ms solving" % (
                            rounds, (m["vd_round_requests_total"] - m0["vd_round_requests_total"]) / max(rounds, 1),
                            calls["round"], calls["widen"], calls["claim"], sum(calls.values()) / matched,
-                           (m["vd_solve_microseconds_total"] - m0["vd_solve_microseconds_total"]) / 1000.0))
+                           (m["vd_solve_seconds_total"] - m0["vd_solve_seconds_total"]) * 1000.0))
         print("%s: %d volunteers, %d requests in %d wave(s)%s: %.1f s"
               % (name, nv, nr * waves, waves, ", scarce" if sc["scarce"] else "", time.monotonic() - t0),
               flush=True)

@@ -262,7 +262,7 @@ print("%d rounds of %.1f requests on average; %d round, %d widen and %d claim ca
       "(%.2f per volunteer confirmed); %.0f ms solving in all"
       % (m["vd_rounds_total"], m["vd_round_requests_total"] / max(m["vd_rounds_total"], 1),
          calls["round"], calls["widen"], calls["claim"],
-         sum(calls.values()) / max(m["vd_confirmed_total"], 1), m["vd_solve_microseconds_total"] / 1000))
+         sum(calls.values()) / max(m["vd_confirmed_total"], 1), m["vd_solve_seconds_total"] * 1000))
 EOF
 ) || rounds="(the daemon's /metrics did not answer)"
 vd_say "matching: $rounds"

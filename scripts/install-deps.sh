@@ -11,6 +11,7 @@ packages=(
   libcmocka-dev                               # unit tests
   redis-server redis-tools kcat python3       # integration tests and the demo
   chromium python3-websocket                  # the desk's tests in a real headless browser
+  prometheus                                  # promtool: the alert rules and the metrics are checked
   clang libclang-rt-14-dev                    # fuzzing the event decoder (libFuzzer)
 )
 

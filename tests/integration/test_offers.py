@@ -188,9 +188,9 @@ def test_accept_decline_and_stray_answers():
         assert log_of(env, "a-r1")[-2:] == [(CONFIRMED, "a-b", 2),
                                             ("vd.request.completed", "a-b", None)], log_of(env, "a-r1")
         m = metrics(d)
-        assert m['vd_offers_total{result="made"}'] == 2, m
-        assert m['vd_offers_total{result="accepted"}'] == 1, m
-        assert m['vd_offers_total{result="declined"}'] == 1, m
+        assert m['vd_offers_made_total'] == 2, m
+        assert m['vd_offers_resolved_total{result="accepted"}'] == 1, m
+        assert m['vd_offers_resolved_total{result="declined"}'] == 1, m
         assert m["vd_rejected_total"] == 0, m["vd_rejected_total"]
         no_dead_letters(env)
 
@@ -272,7 +272,7 @@ def test_timeouts_and_all_declined():
         wait_metric(env, d, "vd_ignored_responses_total", 1)
         assert free(env, "s-a") and req_state(env, "s-r1") == "unmatched"
         m = metrics(d)
-        assert m['vd_offers_total{result="timed_out"}'] == 2, m
+        assert m['vd_offers_resolved_total{result="timed_out"}'] == 2, m
         assert m['vd_unmatched_total{reason="all_declined"}'] == 1, m
         no_dead_letters(env)
 

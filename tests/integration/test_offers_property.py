@@ -676,11 +676,11 @@ def check_metrics(app, m, log, reqs, assign, notes):
     states = Counter(rec.get("state") for rec in reqs.values())
     n_declined = by_reason["declined"]
     expect = {
-        'vd_offers_total{result="made"}': len(every["offered"]),
-        'vd_offers_total{result="accepted"}': len(every["confirmed"]),
-        'vd_offers_total{result="declined"}': n_declined,
-        'vd_offers_total{result="timed_out"}': by_reason["timeout"],
-        'vd_offers_total{result="expired"}': by_reason["expired"],
+        'vd_offers_made_total': len(every["offered"]),
+        'vd_offers_resolved_total{result="accepted"}': len(every["confirmed"]),
+        'vd_offers_resolved_total{result="declined"}': n_declined,
+        'vd_offers_resolved_total{result="timed_out"}': by_reason["timeout"],
+        'vd_offers_resolved_total{result="expired"}': by_reason["expired"],
         "vd_confirmed_total": len(every["confirmed"]),
         "vd_completed_total": len(every["completed"]),
         "vd_cancelled_total": states["cancelled"],
