@@ -36,6 +36,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <ini.h>
 
@@ -101,6 +102,7 @@ static const struct key_def keys[] = {
     STR("kafka", "brokers", kafka_brokers, "127.0.0.1:9092", F_NONEMPTY, NULL),
     STR("kafka", "group_id", kafka_group_id, "vdispatch", F_NONEMPTY, NULL),
     STR("kafka", "source", event_source, "vdispatchd", F_NONEMPTY, check_source),
+    STR("kafka", "sasl_password_file", kafka_sasl_password_file, "", 0, NULL),
     STR("kafka", "topic.requests", topic_requests, "vd.requests", 0, check_topic),
     STR("kafka", "topic.volunteers", topic_volunteers, "vd.volunteers", 0, check_topic),
     STR("kafka", "topic.responses", topic_responses, "vd.responses", 0, check_topic),
@@ -112,6 +114,7 @@ static const struct key_def keys[] = {
     INT("redis", "port", redis_port, "6379", 1, 65535),
     STR("redis", "unix_socket", redis_unix_socket, "", 0, NULL),
     STR("redis", "password", redis_password, "", F_SECRET, NULL),
+    STR("redis", "password_file", redis_password_file, "", 0, NULL),
     STR("redis", "user", redis_user, "", 0, NULL),
     INT("redis", "db", redis_db, "0", 0, 15),
     STR("redis", "key_prefix", redis_key_prefix, "vd:", 0, check_key_prefix),
@@ -147,6 +150,7 @@ static const struct key_def keys[] = {
 
     STR("http", "listen", http_listen, "127.0.0.1:9464", 0, check_listen),
     STR("http", "desk_token", desk_token, "", F_SECRET, check_token),
+    STR("http", "desk_token_file", desk_token_file, "", 0, NULL),
     STR("http", "desk_tiles", desk_tiles, "", 0, check_tiles),
 
     ENUM("log", "level", log_level, "info", &level_enum),
@@ -828,6 +832,77 @@ out:
 }
 
 /* ---- public: validate ------------------------------------------------------------------- */
+
+/* Reads a secret from path: absolute, or relative to $CREDENTIALS_DIRECTORY (systemd's
+ * LoadCredential=) when that is set. The file must not be readable by others; its first line
+ * is the secret. Returns a new string, or NULL with err naming the key. */
+static char *read_secret(const char *key, const char *path, char *err, size_t errlen) {
+    char full[4096];
+    const char *creds = getenv("CREDENTIALS_DIRECTORY");
+    if (path[0] != '/' && creds && *creds)
+        snprintf(full, sizeof full, "%s/%s", creds, path);
+    else
+        snprintf(full, sizeof full, "%s", path);
+    FILE *f = fopen(full, "r");
+    if (!f) {
+        set_err(err, errlen, "%s: %s: %s", key, full, strerror(errno));
+        return NULL;
+    }
+    struct stat st;
+    if (fstat(fileno(f), &st) == 0 && (st.st_mode & S_IROTH)) {
+        fclose(f);
+        set_err(err, errlen, "%s: %s is readable by every user; chmod o-r it (a secret must not be)",
+                key, full);
+        return NULL;
+    }
+    char line[1024];
+    char *got = fgets(line, sizeof line, f);
+    fclose(f);
+    if (got) line[strcspn(line, "\r\n")] = '\0';
+    if (!got || !line[0]) {
+        set_err(err, errlen, "%s: %s is empty", key, full);
+        return NULL;
+    }
+    char *s = strdup(line);
+    memset(line, 0, sizeof line);
+    if (!s) set_err(err, errlen, "out of memory");
+    return s;
+}
+
+int vd_config_read_secrets(struct vd_config *cfg, char *err, size_t errlen) {
+    struct {
+        const char *key, *inline_key;
+        char **path, **target; /* target NULL: the Kafka SASL password */
+    } files[] = {
+        {"redis.password_file", "redis.password", &cfg->redis_password_file, &cfg->redis_password},
+        {"http.desk_token_file", "http.desk_token", &cfg->desk_token_file, &cfg->desk_token},
+        {"kafka.sasl_password_file", NULL, &cfg->kafka_sasl_password_file, NULL},
+    };
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        if (!*files[i].path || !**files[i].path) continue;
+        if (files[i].target && **files[i].target) {
+            set_err(err, errlen, "%s and %s are both set: keep one (the file)", files[i].inline_key,
+                    files[i].key);
+            return -1;
+        }
+        char *secret = read_secret(files[i].key, *files[i].path, err, errlen);
+        if (!secret) return -1;
+        if (files[i].target) {
+            free(*files[i].target);
+            *files[i].target = secret;
+            continue;
+        }
+        int rc = props_set(&cfg->consumer_props, "sasl.password", secret, files[i].key) |
+                 props_set(&cfg->producer_props, "sasl.password", secret, files[i].key);
+        memset(secret, 0, strlen(secret));
+        free(secret);
+        if (rc) {
+            set_err(err, errlen, "out of memory");
+            return -1;
+        }
+    }
+    return 0;
+}
 
 int vd_config_validate(const struct vd_config *cfg, char *err, size_t errlen) {
     char msg[256];

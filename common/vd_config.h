@@ -30,6 +30,7 @@ struct vd_config {
     char *kafka_brokers;
     char *kafka_group_id;
     char *event_source;      /* the CloudEvents source of every output */
+    char *kafka_sasl_password_file; /* its first line becomes sasl.password of both clients */
     char *topic_requests;
     char *topic_volunteers;
     char *topic_responses;
@@ -44,6 +45,7 @@ struct vd_config {
     char *redis_unix_socket; /* "" = use host:port */
     char *redis_password;    /* "" = no AUTH */
     char *redis_user;        /* "" = AUTH with the password only */
+    char *redis_password_file; /* read by vd_config_read_secrets() into redis_password */
     int redis_db;
     char *redis_key_prefix;
     int redis_connect_timeout_ms;
@@ -72,6 +74,7 @@ struct vd_config {
     /* [http] */
     char *http_listen;
     char *desk_token;        /* "" = the desk is read-only */
+    char *desk_token_file;   /* read by vd_config_read_secrets() into desk_token */
     char *desk_tiles;        /* a tile URL template for the desk's map, "" = none */
     /* [log] */
     int log_level; /* VD_LOG_DEBUG .. VD_LOG_ERROR, see vd_log.h */
@@ -95,6 +98,13 @@ int vd_config_load_file(struct vd_config *cfg, const char *path, char *err, size
 
 /* Applies one "section.key=value" override (the argument of --set). Returns 0 or -1 with err. */
 int vd_config_set(struct vd_config *cfg, const char *assignment, char *err, size_t errlen);
+
+/* Reads the secrets kept in files (redis.password_file, http.desk_token_file,
+ * kafka.sasl_password_file): a path is absolute or relative to $CREDENTIALS_DIRECTORY
+ * (systemd's LoadCredential=); the file must not be readable by others; its first line is the
+ * secret. Setting both a secret and its file is an error. Call after the file and the --set
+ * overrides, before vd_config_validate(). Returns 0 or -1 with err naming the key. */
+int vd_config_read_secrets(struct vd_config *cfg, char *err, size_t errlen);
 
 /* Checks rules between keys (e.g. radius_start_m <= radius_max_m). Returns 0 or -1 with err. */
 int vd_config_validate(const struct vd_config *cfg, char *err, size_t errlen);

@@ -10,6 +10,7 @@
 #include <getopt.h>
 #include <sys/resource.h>
 #include <sys/time.h>
+#include <systemd/sd-daemon.h>
 #include <unistd.h>
 #include <signal.h>
 #include <stdio.h>
@@ -55,6 +56,8 @@ struct vd_server {
     uint64_t last_stats_ms;
     int exit_code;
     double start_time; /* wall clock, seconds since the epoch */
+    uint64_t watchdog_us;      /* systemd's WatchdogSec (0: none); pinged at half of it */
+    uint64_t last_watchdog_ms;
 };
 
 static void usage(FILE *out) {
@@ -88,6 +91,11 @@ static void log_stats(struct vd_server *s) {
     const struct vd_kafka_stats *ks = vd_kafka_stats(s->kafka);
     uint64_t unmatched = 0;
     for (int i = 0; i < VD_UNMATCHED__COUNT; i++) unmatched += st->unmatched[i];
+    if (s->announced_ready && !s->stopping && !s->fatal[0])
+        sd_notifyf(0, "STATUS=%llu confirmed, %llu unmatched, %llu jobs in memory; redis %s",
+                   (unsigned long long)st->confirmed, (unsigned long long)unmatched,
+                   (unsigned long long)st->jobs_in_memory,
+                   vd_redis_is_ready(s->redis) ? "ready" : vd_redis_status(s->redis));
     vd_info("stats: consumed=%llu rejected=%llu confirmed=%llu unmatched=%llu cancelled=%llu "
             "completed=%llu replays=%llu ignored=%llu redis_calls=%llu redis_retries=%llu "
             "in_memory=%llu produced=%llu delivered=%llu mean_match_ms=%.2f rounds=%llu "
@@ -108,6 +116,7 @@ static void log_stats(struct vd_server *s) {
 static void on_fatal(struct vd_server *s, const char *why) {
     if (s->fatal[0]) return;
     snprintf(s->fatal, sizeof s->fatal, "%s", why);
+    sd_notifyf(0, "STATUS=fatal: %s", why);
     s->exit_code = 1;
     vd_error("fatal: %s; stopping (exit status 1)", why);
     if (!s->stop_requested) s->stop_requested = 1;
@@ -388,6 +397,11 @@ static void finish_stop(struct vd_server *s) {
 static void on_cron(uv_timer_t *t) {
     struct vd_server *s = t->data;
     uint64_t now = uv_now(s->loop);
+    /* systemd's watchdog: the loop is turning. A stalled loop is killed and restarted. */
+    if (s->watchdog_us && now - s->last_watchdog_ms >= s->watchdog_us / 2000) {
+        s->last_watchdog_ms = now;
+        sd_notify(0, "WATCHDOG=1");
+    }
     if (s->reopen_requested) {
         s->reopen_requested = 0;
         if (vd_log_reopen() < 0) vd_error("cannot reopen log file %s", s->cfg.log_file);
@@ -397,9 +411,14 @@ static void on_cron(uv_timer_t *t) {
         s->announced_ready = 1;
         vd_info("ready: consuming %s, %s, %s", s->cfg.topic_requests, s->cfg.topic_volunteers,
                 s->cfg.topic_responses);
+        /* Ready: Redis takes writes and the consumer is in its group (a standby instance that
+         * holds no partition is ready too). */
+        sd_notifyf(0, "READY=1\nSTATUS=ready: consuming %s, %s, %s", s->cfg.topic_requests,
+                   s->cfg.topic_volunteers, s->cfg.topic_responses);
     }
     if (s->stop_requested && !s->stopping) {
         s->stopping = 1;
+        sd_notify(0, "STOPPING=1\nSTATUS=stopping: finishing work in flight");
         s->stop_started_ms = now;
         vd_info("stopping: finishing work in flight (up to %d ms)", s->cfg.shutdown_timeout_ms);
         vd_dispatch_stop(s->dispatch);
@@ -450,7 +469,8 @@ static int load_config(struct vd_config *cfg, const char *path, char **sets, int
             return -1;
         }
     }
-    if (vd_config_validate(cfg, err, sizeof err) < 0 || vd_kafka_check_config(cfg, err, sizeof err) < 0) {
+    if (vd_config_read_secrets(cfg, err, sizeof err) < 0 || vd_config_validate(cfg, err, sizeof err) < 0 ||
+        vd_kafka_check_config(cfg, err, sizeof err) < 0) {
         fprintf(stderr, "vdispatchd: %s\n", err);
         return -1;
     }
@@ -517,6 +537,8 @@ int main(int argc, char **argv) {
 
     s.loop = uv_default_loop();
     s.exit_code = 0;
+    uint64_t wd_us = 0;
+    if (sd_watchdog_enabled(0, &wd_us) > 0) s.watchdog_us = wd_us;
     struct timeval started;
     gettimeofday(&started, NULL);
     s.start_time = (double)started.tv_sec + (double)started.tv_usec / 1e6;

@@ -7,11 +7,13 @@ packages=(
   build-essential cmake pkg-config            # toolchain
   libuv1-dev librdkafka-dev libhiredis-dev    # the daemon's libraries
   libjansson-dev libinih-dev libhttp-parser-dev
+  libsystemd-dev                              # sd_notify: readiness and the watchdog
   libcsv-dev                                  # vdispatchctl reads rosters (CSV)
   libcmocka-dev                               # unit tests
   redis-server redis-tools kcat python3       # integration tests and the demo
   chromium python3-websocket                  # the desk's tests in a real headless browser
   prometheus                                  # promtool: the alert rules and the metrics are checked
+  systemd                                     # systemd-analyze verify checks the unit
   clang libclang-rt-14-dev                    # fuzzing the event decoder (libFuzzer)
 )
 

@@ -1349,7 +1349,8 @@ int main(int argc, char **argv) {
     if (vd_config_load_file(&c.cfg, config, err, sizeof err) < 0) die(EXIT_USAGE, "%s", err);
     for (int i = 0; i < nsets; i++)
         if (vd_config_set(&c.cfg, sets[i], err, sizeof err) < 0) die(EXIT_USAGE, "--set %s", err);
-    if (vd_config_validate(&c.cfg, err, sizeof err) < 0) die(EXIT_USAGE, "%s", err);
+    if (vd_config_read_secrets(&c.cfg, err, sizeof err) < 0 || vd_config_validate(&c.cfg, err, sizeof err) < 0)
+        die(EXIT_USAGE, "%s", err);
     free(sets);
     char **a = argv + optind + 1;
     for (int i = 0; i < cm->nargs && strcmp(cm->name, "roster") != 0; i++)

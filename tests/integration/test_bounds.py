@@ -490,10 +490,11 @@ def deadline_run(env, label, config, n):
 
 def test_deadlines_under_load():
     with vdtest.Env(topics=BURST_TOPICS) as env:
-        # 100,000 inputs in memory at once (librdkafka's own default prefetch, 64 MiB, lets
-        # intake outrun matching).
+        # 100,000 inputs in memory at once (librdkafka's own defaults, 64 MiB of prefetch and
+        # 50 MiB a fetch, let intake outrun matching, even on a busy machine).
         d, seen, m = deadline_run(env, "dl1", {"daemon.max_inflight": 100000,
-                                               "kafka.consumer.queued.max.messages.kbytes": 65536},
+                                               "kafka.consumer.queued.max.messages.kbytes": 65536,
+                                               "kafka.consumer.fetch.max.bytes": 52428800},
                                   100000)
         assert m["vd_inputs_in_memory_max"] >= 50000, "never more than %d in memory" % m["vd_inputs_in_memory_max"]
         assert d.stop() == 0

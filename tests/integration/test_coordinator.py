@@ -237,7 +237,8 @@ def test_cancel_leaves_the_unstaffed_set():
 def ctl(d, *args, wait=None, check=None, stdin=None):
     """Runs build/vdispatchctl with the daemon's config; returns (exit code, stdout, stderr).
     check: the exit code it must end with."""
-    argv = [vdtest._binary("vdispatchctl"), "-c", d.config_path] + list(args)
+    argv = [vdtest._binary("vdispatchctl"), "-c", d.config_path, "--set", "redis.user=vdispatchctl",
+            "--set", "redis.password=" + vdtest.ACL_PASSWORDS["vdispatchctl"]] + list(args)
     if wait is not None:
         argv[3:3] = ["--wait", str(wait)]
     p = subprocess.run(argv, capture_output=True, text=True, timeout=120, input=stdin)

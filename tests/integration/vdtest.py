@@ -396,8 +396,27 @@ class RespConnection:
         raise ConnectionError("bad RESP reply line %r" % line)
 
 
+# The least-privilege ACL users of config/redis/vdispatch-acl.conf, with these passwords: every
+# daemon the tests start runs as "vdispatch", and vdispatchctl as "vdispatchctl".
+ACL_PASSWORDS = {"vdispatch": "vd-test-daemon-pw", "vdispatchctl": "vd-test-ctl-pw"}
+
+
+def acl_users():
+    """The `user` lines of the shipped ACL file, with the test passwords: [name, rule, ...]."""
+    users = []
+    with open(os.path.join(SOURCE, "config", "redis", "vdispatch-acl.conf")) as f:
+        for line in f:
+            parts = line.split()
+            if parts[:1] == ["user"]:
+                rules = [(">" + ACL_PASSWORDS[parts[1]]) if r.startswith(">") else r
+                         for r in parts[2:]]
+                users.append([parts[1]] + rules)
+    return users
+
+
 class Redis(_Owned):
-    """A redis-server on a free loopback port, in its own temp dir, without persistence."""
+    """A redis-server on a free loopback port, in its own temp dir, without persistence, with
+    the project's ACL users."""
 
     def __init__(self, port=None, args=(), start=True):
         self.port = port or free_port()
@@ -419,7 +438,7 @@ class Redis(_Owned):
             raise VdError("redis-server is already running")
         argv = ["redis-server", "--save", "", "--appendonly", "no", "--port", str(self.port),
                 "--bind", "127.0.0.1", "--dir", self.dir, "--logfile", self.log_path,
-                "--daemonize", "no"] + self.args
+                "--daemonize", "no"] + [a for u in acl_users() for a in ["--user"] + u] + self.args
         t0 = time.monotonic()
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.STDOUT,
@@ -855,6 +874,8 @@ class Daemon(_Owned):
         cfg.update(CONSUMER_DEFAULTS)
         cfg["redis.host"] = "127.0.0.1"
         cfg["redis.port"] = self.redis.port if self.redis else 6379
+        cfg["redis.user"] = "vdispatch"
+        cfg["redis.password"] = ACL_PASSWORDS["vdispatch"]
         cfg["http.listen"] = ""
         cfg["matching.offer_timeout_ms"] = 0
         cfg["log.level"] = "debug"
