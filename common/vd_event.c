@@ -24,6 +24,7 @@
  *   accepts, vd_time_format() writes back in a form it accepts again. */
 #include "vd_event.h"
 
+#include <ctype.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -678,6 +679,17 @@ static int decode_envelope(struct ctx *c, const json_t *root, enum vd_topic_kind
     return decode_data(c, v, ev);
 }
 
+/* The checks after parsing, common to both modes: one object, not too deep, the envelope and
+ * the data. */
+static int decode_root(struct ctx *c, json_t *root, enum vd_topic_kind topic, struct vd_event *ev) {
+    if (topic != VD_TOPIC_REQUESTS && topic != VD_TOPIC_VOLUNTEERS &&
+        topic != VD_TOPIC_RESPONSES)
+        return fail(c, "topic: unknown topic kind %d", (int)topic);
+    if (!json_is_object(root)) return fail(c, "message: must be a JSON object");
+    if (!depth_ok(root, 1)) return fail(c, "message: nesting deeper than %d", VD_EVENT_MAX_DEPTH);
+    return decode_envelope(c, root, topic, ev);
+}
+
 int vd_event_decode(const char *buf, size_t len, enum vd_topic_kind topic, struct vd_event *ev,
                     char *err, size_t errlen) {
     struct ctx c = {err, errlen};
@@ -713,16 +725,89 @@ int vd_event_decode(const char *buf, size_t len, enum vd_topic_kind topic, struc
                  jerr.column);
         goto out;
     }
-    if (!json_is_object(root)) {
-        fail(&c, "message: must be a JSON object");
-        goto out;
-    }
-    if (!depth_ok(root, 1)) {
-        fail(&c, "message: nesting deeper than %d", VD_EVENT_MAX_DEPTH);
-        goto out;
-    }
-    rc = decode_envelope(&c, root, topic, ev);
+    rc = decode_root(&c, root, topic, ev);
 
+out:
+    json_decref(root);
+    if (rc < 0 && err && errlen) make_printable(err);
+    return rc;
+}
+
+static int has_prefix_nocase(const char *s, size_t n, const char *prefix) {
+    size_t m = strlen(prefix);
+    if (n < m) return 0;
+    for (size_t i = 0; i < m; i++)
+        if (tolower((unsigned char)s[i]) != prefix[i]) return 0;
+    return 1;
+}
+
+int vd_event_decode_binary(const struct vd_event_header *h, size_t nh, const char *value,
+                           size_t len, enum vd_topic_kind topic, struct vd_event *ev, char *err,
+                           size_t errlen) {
+    struct ctx c = {err, errlen};
+    json_error_t jerr;
+    json_t *root = NULL, *data = NULL;
+    int rc = -1;
+
+    if (err && errlen) err[0] = '\0';
+    memset(ev, 0, sizeof *ev);
+    ev->priority = VD_PRIO_NORMAL;
+    ev->volunteers_needed = 1;
+    ev->vulnerability.age = -1;
+    if (nh > VD_EVENT_MAX_HEADERS) {
+        fail(&c, "headers: %zu exceed the limit of %d", nh, VD_EVENT_MAX_HEADERS);
+        goto out;
+    }
+    if (len > VD_EVENT_MAX_BYTES) {
+        fail(&c, "message: %zu bytes exceeds the %d-byte limit", len, VD_EVENT_MAX_BYTES);
+        goto out;
+    }
+    root = json_object();
+    if (!root) goto oom;
+    for (size_t i = 0; i < nh; i++) {
+        const char *name = h[i].name;
+        size_t nlen = strlen(name);
+        const char *attr = NULL;
+        if (has_prefix_nocase(name, nlen, "ce_")) {
+            attr = name + 3;
+            if (!*attr || strcmp(attr, "data") == 0) {
+                fail(&c, "header %.64s: names no attribute (the data is the message value)", name);
+                goto out;
+            }
+        } else if (nlen == 12 && has_prefix_nocase(name, nlen, "content-type")) {
+            attr = "datacontenttype";
+        } else {
+            continue; /* other headers (tracing, ...) are not the event's */
+        }
+        if (json_object_get(root, attr)) {
+            fail(&c, "header %.64s: appears twice", name);
+            goto out;
+        }
+        json_t *s = h[i].value ? json_stringn(h[i].value, h[i].len) : NULL;
+        if (!s) {
+            fail(&c, "header %.64s: %s", name, h[i].value ? "not UTF-8 text" : "no value");
+            goto out;
+        }
+        if (json_object_set_new(root, attr, s) < 0) goto oom;
+    }
+    if (!value || len == 0) {
+        fail(&c, "message: empty (binary mode: the value is the event's data)");
+        goto out;
+    }
+    data = json_loadb(value, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!data) {
+        if (json_error_code(&jerr) == json_error_stack_overflow)
+            fail(&c, "message: nesting deeper than %d", VD_EVENT_MAX_DEPTH);
+        else
+            fail(&c, "message: not valid JSON: %s at line %d column %d", jerr.text, jerr.line,
+                 jerr.column);
+        goto out;
+    }
+    if (json_object_set_new(root, "data", data) < 0) goto oom;
+    rc = decode_root(&c, root, topic, ev);
+    goto out;
+oom:
+    fail(&c, "message: out of memory");
 out:
     json_decref(root);
     if (rc < 0 && err && errlen) make_printable(err);

@@ -109,6 +109,23 @@ const char *vd_priority_name(enum vd_priority p);
 int vd_event_decode(const char *buf, size_t len, enum vd_topic_kind topic, struct vd_event *ev,
                     char *err, size_t errlen);
 
+/* One Kafka message header (name NUL-terminated; value of len bytes, NULL for a null one). */
+struct vd_event_header {
+    const char *name;
+    const void *value;
+    size_t len;
+};
+#define VD_EVENT_MAX_HEADERS 64
+
+/* Decodes a binary-mode event (the CloudEvents Kafka binding): the attributes in ce_<name>
+ * headers, datacontenttype in content-type, the message value the data (one JSON object).
+ * Other headers are ignored; an attribute twice, a header that is not UTF-8 text, ce_data, or
+ * more than VD_EVENT_MAX_HEADERS headers are errors. Then every rule of vd_event_decode()
+ * applies. Returns 0 or -1 with the reason in err. */
+int vd_event_decode_binary(const struct vd_event_header *h, size_t nh, const char *value,
+                           size_t len, enum vd_topic_kind topic, struct vd_event *ev, char *err,
+                           size_t errlen);
+
 /* Parses an RFC 3339 timestamp ("2026-11-29T08:00:00Z", "...+08:00", fractional seconds
  * allowed). Returns 0 and the instant in ms since the epoch, or -1. */
 int vd_time_parse(const char *s, int64_t *ms);

@@ -524,6 +524,36 @@ static void apply_backpressure(struct vd_dispatch *d) {
     vd_kafka_pause_all(d->kafka, d->stopping || !vd_redis_is_ready(d->redis));
 }
 
+/* Decodes a structured-mode event (the value is the whole event) or a binary-mode one (the
+ * CloudEvents Kafka binding: attributes in ce_* headers, the value is the data). Consumes m. */
+static int decode_message(rd_kafka_message_t *m, struct vd_job *j, enum vd_topic_kind kind,
+                          char *err, size_t errlen) {
+    rd_kafka_headers_t *hdrs = NULL;
+    const void *v;
+    size_t vlen;
+    int rc;
+    if (rd_kafka_message_headers(m, &hdrs) != RD_KAFKA_RESP_ERR_NO_ERROR || !hdrs ||
+        rd_kafka_header_get_last(hdrs, "ce_specversion", &v, &vlen) != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        rd_kafka_message_destroy(m);
+        return vd_event_decode(j->payload, j->len, kind, &j->ev, err, errlen);
+    }
+    struct vd_event_header h[VD_EVENT_MAX_HEADERS + 1];
+    size_t n = 0;
+    const char *name;
+    while (n <= VD_EVENT_MAX_HEADERS && rd_kafka_header_get_all(hdrs, n, &name, &v, &vlen) == 0) {
+        h[n] = (struct vd_event_header){name, v, vlen};
+        n++;
+    }
+    rc = vd_event_decode_binary(h, n, j->payload, j->len, kind, &j->ev, err, errlen);
+    if (rc < 0) {
+        /* Say which mode: the attributes named are ce_ headers here. */
+        size_t used = strlen(err);
+        if (used + 1 < errlen) snprintf(err + used, errlen - used, " (binary mode: attributes are ce_ headers)");
+    }
+    rd_kafka_message_destroy(m);
+    return rc;
+}
+
 void vd_dispatch_on_message(void *arg, rd_kafka_message_t *m, enum vd_topic_kind kind) {
     struct vd_dispatch *d = arg;
     struct vd_part *p = find_part(d, rd_kafka_topic_name(m->rkt), m->partition, 1, kind);
@@ -549,11 +579,10 @@ void vd_dispatch_on_message(void *arg, rd_kafka_message_t *m, enum vd_topic_kind
     j->payload = malloc(m->len ? m->len : 1);
     if (!j->payload) abort();
     if (m->len) memcpy(j->payload, m->payload, m->len);
-    rd_kafka_message_destroy(m);
     /* Decode now: the key that orders this job among its partition's is the request or
-     * volunteer it is about. */
+     * volunteer it is about. A message with a ce_specversion header is a binary-mode event. */
     char err[512];
-    if (vd_event_decode(j->payload, j->len, kind, &j->ev, err, sizeof err) < 0) {
+    if (decode_message(m, j, kind, err, sizeof err) < 0) {
         j->error = strdup(err);
         if (!j->error) abort();
     } else {

@@ -29,6 +29,8 @@
 #include "vd_config.h"
 #include "vd_log.h"
 
+#define CE_STRUCTURED "application/cloudevents+json; charset=UTF-8"
+
 #define DRAIN_BUDGET 500
 #define SAFETY_POLL_MS 100
 #define RETRY_DELAY_MS 500
@@ -305,6 +307,8 @@ static void produce_or_retry(struct vd_kafka *k, struct retry *r) {
     rd_kafka_resp_err_t e = rd_kafka_producev(
         k->producer, RD_KAFKA_V_TOPIC(k->out_topics[r->topic]),
         RD_KAFKA_V_KEY(r->key, r->keylen), RD_KAFKA_V_VALUE(r->payload, r->len),
+        /* The CloudEvents Kafka binding: a structured-mode event says so. */
+        RD_KAFKA_V_HEADER("content-type", CE_STRUCTURED, sizeof CE_STRUCTURED - 1),
         RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_OPAQUE(r), RD_KAFKA_V_END);
     if (e == RD_KAFKA_RESP_ERR__FATAL) {
         /* Nothing more will be produced: the output stays unacknowledged (its input

@@ -14,6 +14,7 @@ packages=(
   chromium python3-websocket                  # the desk's tests in a real headless browser
   prometheus                                  # promtool: the alert rules and the metrics are checked
   systemd                                     # systemd-analyze verify checks the unit
+  python3-jsonschema python3-yaml             # the event schemas and the AsyncAPI document are checked
   clang libclang-rt-14-dev                    # fuzzing the event decoder (libFuzzer)
 )
 

@@ -745,7 +745,9 @@ static void produce(struct ctl *c, enum vd_topic_kind topic, const char *key, ch
     for (;;) {
         rd_kafka_resp_err_t e = rd_kafka_producev(
             c->producer, RD_KAFKA_V_TOPIC(topic_name(c, topic)), RD_KAFKA_V_KEY(key, strlen(key)),
-            RD_KAFKA_V_VALUE(value, strlen(value)), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+            RD_KAFKA_V_VALUE(value, strlen(value)),
+            RD_KAFKA_V_HEADER("content-type", "application/cloudevents+json; charset=UTF-8", -1),
+            RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
             RD_KAFKA_V_END);
         if (e == RD_KAFKA_RESP_ERR_NO_ERROR) break;
         if (e != RD_KAFKA_RESP_ERR__QUEUE_FULL) die(EXIT_UNREACHABLE, "Kafka: %s", rd_kafka_err2str(e));

@@ -723,6 +723,62 @@ static void test_encode_sequence(void **state) {
 }
 
 /* The request record keeps what matching and the outputs need, and nothing of the resident. */
+/* Binary mode (the CloudEvents Kafka binding): attributes in ce_ headers, the data in the
+ * value; the same rules as structured mode, and the header-specific ones. */
+static void test_binary_mode(void **state) {
+    (void)state;
+    const char *data = "{\"request_id\":\"rq-b1\",\"location\":{\"lat\":40.84,\"lon\":111.75},"
+                       "\"service\":\"home_visit\"}";
+    struct vd_event_header h[] = {
+        {"ce_specversion", "1.0", 3},     {"ce_type", "vd.request.created", 18},
+        {"ce_source", "/app", 4},         {"ce_id", "ev-b1", 5},
+        {"ce_time", "2026-11-29T08:00:00Z", 20}, {"content-type", "application/json", 16},
+        {"traceparent", "00-abc", 6},
+    };
+    size_t nh = sizeof h / sizeof h[0];
+    struct vd_event ev;
+    char err[512];
+    assert_int_equal(vd_event_decode_binary(h, nh, data, strlen(data), VD_TOPIC_REQUESTS, &ev, err, sizeof err), 0);
+    assert_int_equal(ev.type, VD_EV_REQUEST_CREATED);
+    assert_string_equal(ev.request_id, "rq-b1");
+    assert_string_equal(ev.id, "ev-b1");
+    assert_string_equal(ev.source, "/app");
+
+    /* Content-Type is datacontenttype, whatever its case; without it the event lacks one. */
+    h[5].name = "Content-Type";
+    assert_int_equal(vd_event_decode_binary(h, nh, data, strlen(data), VD_TOPIC_REQUESTS, &ev, err, sizeof err), 0);
+    assert_int_equal(vd_event_decode_binary(h, 5, data, strlen(data), VD_TOPIC_REQUESTS, &ev, err, sizeof err), -1);
+    assert_non_null(strstr(err, "datacontenttype"));
+    /* Missing type; the wrong topic. */
+    struct vd_event_header no_type[] = {h[0], h[2], h[3], h[4], h[5]};
+    assert_int_equal(vd_event_decode_binary(no_type, 5, data, strlen(data), VD_TOPIC_REQUESTS, &ev, err, sizeof err), -1);
+    assert_non_null(strstr(err, "type"));
+    assert_int_equal(vd_event_decode_binary(h, nh, data, strlen(data), VD_TOPIC_VOLUNTEERS, &ev, err, sizeof err), -1);
+    assert_non_null(strstr(err, "does not belong"));
+    /* An attribute twice, ce_data, a header that is not UTF-8, a null one. */
+    struct vd_event_header twice[] = {h[0], h[1], h[2], h[3], h[4], h[5], {"ce_id", "ev-b2", 5}};
+    assert_int_equal(vd_event_decode_binary(twice, 7, data, strlen(data), VD_TOPIC_REQUESTS, &ev, err, sizeof err), -1);
+    assert_string_equal(err, "header ce_id: appears twice");
+    struct vd_event_header cedata[] = {h[0], h[1], h[2], h[3], h[4], h[5], {"ce_data", "{}", 2}};
+    assert_int_equal(vd_event_decode_binary(cedata, 7, data, strlen(data), VD_TOPIC_REQUESTS, &ev, err, sizeof err), -1);
+    assert_non_null(strstr(err, "header ce_data"));
+    struct vd_event_header bad[] = {h[0], h[1], {"ce_source", "\xff\xfe", 2}, h[3], h[4], h[5]};
+    assert_int_equal(vd_event_decode_binary(bad, 6, data, strlen(data), VD_TOPIC_REQUESTS, &ev, err, sizeof err), -1);
+    assert_string_equal(err, "header ce_source: not UTF-8 text");
+    struct vd_event_header null_id[] = {h[0], h[1], h[2], {"ce_id", NULL, 0}, h[4], h[5]};
+    assert_int_equal(vd_event_decode_binary(null_id, 6, data, strlen(data), VD_TOPIC_REQUESTS, &ev, err, sizeof err), -1);
+    assert_string_equal(err, "header ce_id: no value");
+    /* The value: the data, one JSON object, valid for the type. */
+    assert_int_equal(vd_event_decode_binary(h, nh, "", 0, VD_TOPIC_REQUESTS, &ev, err, sizeof err), -1);
+    assert_non_null(strstr(err, "message: empty"));
+    assert_int_equal(vd_event_decode_binary(h, nh, "{\"a\":1,\"a\":2}", 13, VD_TOPIC_REQUESTS, &ev, err, sizeof err), -1);
+    assert_non_null(strstr(err, "not valid JSON"));
+    assert_int_equal(vd_event_decode_binary(h, nh, "[1]", 3, VD_TOPIC_REQUESTS, &ev, err, sizeof err), -1);
+    const char *far = "{\"request_id\":\"rq-b1\",\"location\":{\"lat\":95,\"lon\":111.75},\"service\":\"x\"}";
+    assert_int_equal(vd_event_decode_binary(h, nh, far, strlen(far), VD_TOPIC_REQUESTS, &ev, err, sizeof err), -1);
+    assert_non_null(strstr(err, "data.location.lat"));
+}
+
 static void test_request_record(void **state) {
     struct vd_event ev, back;
     char err[256];
@@ -774,6 +830,7 @@ int main(void) {
         cmocka_unit_test(test_encode_decode_round_trip),
         cmocka_unit_test(test_encode_sequence),
         cmocka_unit_test(test_request_record),
+        cmocka_unit_test(test_binary_mode),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
