@@ -82,6 +82,10 @@ static void check_event(const struct vd_event *ev, enum vd_topic_kind topic) {
     case VD_EV_TASK_COMPLETED:
         check(topic == VD_TOPIC_RESPONSES && ev->request_id[0] && ev->volunteer_id[0]);
         break;
+    case VD_EV_REQUEST_ASSIGN:
+        check(topic == VD_TOPIC_REQUESTS && ev->request_id[0] && ev->volunteer_id[0] &&
+              vd_id_valid(ev->coordinator_id));
+        break;
     case VD_EV__COUNT:
         check(0);
     }
@@ -104,6 +108,36 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             check(err[0] != '\0' && printable_utf8(err) && strstr(err, ": ") != NULL);
         }
     }
+
+    /* The same bytes in binary mode: headers taken from the input (up to the first 0xff:
+     * "name=value" lines), the rest as the value. */
+    struct vd_event_header h[VD_EVENT_MAX_HEADERS + 2];
+    char names[VD_EVENT_MAX_HEADERS + 2][64];
+    size_t nh = 0, pos = 0;
+    const uint8_t *split = memchr(data, 0xff, size);
+    size_t hlen = split ? (size_t)(split - data) : 0;
+    while (pos < hlen && nh < VD_EVENT_MAX_HEADERS + 2) {
+        const uint8_t *nl = memchr(data + pos, '\n', hlen - pos);
+        size_t line = nl ? (size_t)(nl - data) - pos : hlen - pos;
+        const uint8_t *eq = memchr(data + pos, '=', line);
+        size_t nlen = eq ? (size_t)(eq - data) - pos : line;
+        if (nlen >= sizeof names[0]) nlen = sizeof names[0] - 1;
+        memcpy(names[nh], data + pos, nlen);
+        names[nh][nlen] = '\0';
+        h[nh].name = names[nh];
+        h[nh].value = eq ? (const void *)(eq + 1) : NULL;
+        h[nh].len = eq ? line - nlen - 1 : 0;
+        nh++;
+        pos += line + 1;
+    }
+    const char *value = split ? (const char *)split + 1 : (const char *)data;
+    size_t vlen = split ? size - hlen - 1 : size;
+    memset(err, 'Z', sizeof err);
+    int rc = vd_event_decode_binary(h, nh, value, vlen, VD_TOPIC_REQUESTS, &ev, err, sizeof err);
+    check(rc == 0 || rc == -1);
+    check(memchr(err, '\0', sizeof err) != NULL);
+    if (rc == 0) check_event(&ev, VD_TOPIC_REQUESTS);
+    else check(err[0] != '\0' && printable_utf8(err));
 
     /* The same bytes as a timestamp (and as an ID). */
     char *s = malloc(size + 1);
