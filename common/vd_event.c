@@ -690,42 +690,52 @@ static int decode_root(struct ctx *c, json_t *root, enum vd_topic_kind topic, st
     return decode_envelope(c, root, topic, ev);
 }
 
-int vd_event_decode(const char *buf, size_t len, enum vd_topic_kind topic, struct vd_event *ev,
-                    char *err, size_t errlen) {
-    struct ctx c = {err, errlen};
-    json_error_t jerr;
-    json_t *root = NULL;
-    int rc = -1;
-
-    if (err && errlen) err[0] = '\0';
+/* An event before decoding: every field empty, the defaults of the optional ones set. */
+static void event_init(struct vd_event *ev) {
     memset(ev, 0, sizeof *ev);
     ev->priority = VD_PRIO_NORMAL;
     ev->volunteers_needed = 1;
     ev->vulnerability.age = -1;
+}
 
+/* Parses len bytes as JSON, without duplicate keys; NULL after fail() says why. An empty
+ * buffer is an error too (what names it: empty_why). */
+static json_t *load_json(struct ctx *c, const char *buf, size_t len, const char *empty_why) {
+    json_error_t jerr;
+    if (len > VD_EVENT_MAX_BYTES) {
+        fail(c, "message: %zu bytes exceeds the %d-byte limit", len, VD_EVENT_MAX_BYTES);
+        return NULL;
+    }
+    if (!buf || len == 0) {
+        fail(c, "message: %s", empty_why);
+        return NULL;
+    }
+    json_t *root = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!root) {
+        if (json_error_code(&jerr) == json_error_stack_overflow)
+            fail(c, "message: nesting deeper than %d", VD_EVENT_MAX_DEPTH);
+        else
+            fail(c, "message: not valid JSON: %s at line %d column %d", jerr.text, jerr.line,
+                 jerr.column);
+    }
+    return root;
+}
+
+int vd_event_decode(const char *buf, size_t len, enum vd_topic_kind topic, struct vd_event *ev,
+                    char *err, size_t errlen) {
+    struct ctx c = {err, errlen};
+    json_t *root = NULL;
+    int rc = -1;
+
+    if (err && errlen) err[0] = '\0';
+    event_init(ev);
     if (topic != VD_TOPIC_REQUESTS && topic != VD_TOPIC_VOLUNTEERS &&
         topic != VD_TOPIC_RESPONSES) {
         fail(&c, "topic: unknown topic kind %d", (int)topic);
         goto out;
     }
-    if (len > VD_EVENT_MAX_BYTES) {
-        fail(&c, "message: %zu bytes exceeds the %d-byte limit", len, VD_EVENT_MAX_BYTES);
-        goto out;
-    }
-    if (!buf || len == 0) {
-        fail(&c, "message: empty");
-        goto out;
-    }
-    root = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &jerr);
-    if (!root) {
-        if (json_error_code(&jerr) == json_error_stack_overflow)
-            fail(&c, "message: nesting deeper than %d", VD_EVENT_MAX_DEPTH);
-        else
-            fail(&c, "message: not valid JSON: %s at line %d column %d", jerr.text, jerr.line,
-                 jerr.column);
-        goto out;
-    }
-    rc = decode_root(&c, root, topic, ev);
+    root = load_json(&c, buf, len, "empty");
+    if (root) rc = decode_root(&c, root, topic, ev);
 
 out:
     json_decref(root);
@@ -745,21 +755,13 @@ int vd_event_decode_binary(const struct vd_event_header *h, size_t nh, const cha
                            size_t len, enum vd_topic_kind topic, struct vd_event *ev, char *err,
                            size_t errlen) {
     struct ctx c = {err, errlen};
-    json_error_t jerr;
     json_t *root = NULL, *data = NULL;
     int rc = -1;
 
     if (err && errlen) err[0] = '\0';
-    memset(ev, 0, sizeof *ev);
-    ev->priority = VD_PRIO_NORMAL;
-    ev->volunteers_needed = 1;
-    ev->vulnerability.age = -1;
+    event_init(ev);
     if (nh > VD_EVENT_MAX_HEADERS) {
         fail(&c, "headers: %zu exceed the limit of %d", nh, VD_EVENT_MAX_HEADERS);
-        goto out;
-    }
-    if (len > VD_EVENT_MAX_BYTES) {
-        fail(&c, "message: %zu bytes exceeds the %d-byte limit", len, VD_EVENT_MAX_BYTES);
         goto out;
     }
     root = json_object();
@@ -790,19 +792,8 @@ int vd_event_decode_binary(const struct vd_event_header *h, size_t nh, const cha
         }
         if (json_object_set_new(root, attr, s) < 0) goto oom;
     }
-    if (!value || len == 0) {
-        fail(&c, "message: empty (binary mode: the value is the event's data)");
-        goto out;
-    }
-    data = json_loadb(value, len, JSON_REJECT_DUPLICATES, &jerr);
-    if (!data) {
-        if (json_error_code(&jerr) == json_error_stack_overflow)
-            fail(&c, "message: nesting deeper than %d", VD_EVENT_MAX_DEPTH);
-        else
-            fail(&c, "message: not valid JSON: %s at line %d column %d", jerr.text, jerr.line,
-                 jerr.column);
-        goto out;
-    }
+    data = load_json(&c, value, len, "empty (binary mode: the value is the event's data)");
+    if (!data) goto out;
     if (json_object_set_new(root, "data", data) < 0) goto oom;
     rc = decode_root(&c, root, topic, ev);
     goto out;

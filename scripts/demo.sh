@@ -117,6 +117,7 @@ vd_check_config "$build" demo "${VD_SET_ARGS[@]}"
 daemon_logged_ready() { grep -q '"msg":"ready' "$tmp/daemon.log" 2>/dev/null; }
 vd_start_daemon "$build" 0.1 "did not log 'ready'" daemon_logged_ready "${VD_SET_ARGS[@]}"
 vd_say "vdispatchd ready (pid $VD_DAEMON_PID; log $tmp/daemon.log${VD_DEMO_SET:+; with $VD_DEMO_SET})"
+vd_say "coordinators' desk (read-only in the demo): http://127.0.0.1:$http_port/desk"
 
 # ---- 5. the scenario --------------------------------------------------------------------------
 
@@ -281,7 +282,13 @@ EOF
 )
 vd_say "notifications: $notif on vd.notifications ($notif_by_type)"
 
-# ---- 8. summary, then a graceful stop -----------------------------------------------------------
+# ---- 8. what a coordinator sees now (vdispatchctl), the summary, then a graceful stop -----------
+
+echo
+vd_say "vdispatchctl open: the requests that need a person, oldest first (first 5)"
+"$build/vdispatchctl" -c "$tmp/vdispatch.conf" --limit 5 open || true
+vd_say "vdispatchctl pools"
+"$build/vdispatchctl" -c "$tmp/vdispatch.conf" pools || true
 
 python3 "$ROOT/scripts/summary.py" --json "$tmp/topics/requests.jsonl" "$tmp/topics/assignments.jsonl" \
   --deadletter "$tmp/topics/deadletter.jsonl" --scenario "$tmp/scenario/scenario.json" >"$tmp/summary.json"
