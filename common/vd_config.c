@@ -351,14 +351,15 @@ static int check_tiles(const char *value, char *msg, size_t msglen) {
     return -1;
 }
 
-/* The CloudEvents source of the daemon's outputs: a URI-reference, here 1 to 256 printable
- * ASCII characters without spaces. */
+/* The CloudEvents source of the daemon's outputs: a URI-reference, here 1 to 200 printable
+ * ASCII characters without spaces (the desk's events add "/desk", and an input's source may
+ * be 256 long at most). */
 static int check_source(const char *value, char *msg, size_t msglen) {
     size_t n = strlen(value);
-    int ok = n >= 1 && n <= 256;
+    int ok = n >= 1 && n <= 200;
     for (size_t i = 0; ok && i < n; i++) ok = value[i] > 0x20 && value[i] < 0x7f;
     if (ok) return 0;
-    set_err(msg, msglen, "'%.*s' is not a URI-reference of 1 to 256 printable characters "
+    set_err(msg, msglen, "'%.*s' is not a URI-reference of 1 to 200 printable characters "
                          "without spaces", VALUE_SHOWN, value);
     return -1;
 }
