@@ -243,13 +243,22 @@ def test_task_timeout():
 
 
 def key_owners(r):
-    """Keys with no TTL must belong to a live volunteer or be one of the shared sets."""
+    """Keys with no TTL must belong to a live volunteer or be one of the shared sets; the
+    requests to staff must have their records, the listed events their pools."""
     vols = set(r.cmd("ZRANGE", P + "vols", 0, -1))
     orphans = []
     for k in r.cmd("KEYS", "*"):
         if r.cmd("TTL", k) > 0:
             continue
         if k in (P + "vols", P + "due") or k.startswith(P + "pool/"):
+            continue
+        if k == P + "unstaffed":
+            orphans += ["unstaffed request %s without a record" % rid
+                        for rid in r.cmd("ZRANGE", k, 0, -1) if not r.cmd("EXISTS", P + "req/" + rid)]
+            continue
+        if k == P + "events":
+            orphans += ["listed event %s without a pool" % ev
+                        for ev in r.cmd("SMEMBERS", k) if not r.cmd("EXISTS", P + "pool/ev/" + ev)]
             continue
         if k.startswith(P + "vol/") and k[len(P) + 4:] in vols:
             continue

@@ -219,16 +219,23 @@ def test_assign_fills_an_open_place_of_a_searching_request():
         assert env.redis.cmd("HGET", "vd:vol/vol-c2", "task") in (None, "")
 
 
-def test_cancel_leaves_the_unstaffed_set():
+def test_unstaffed_set_cancel_and_expiry():
+    """A cancel takes a request off the list; so does the sweep, once its record expired."""
     with vdtest.Env() as env:
-        start(env)
+        start(env, **{"redis.request_ttl_s": 60})
         env.send("requests", [vdtest.request_created("rq-x", *place(0)),
-                              vdtest.request_created("rq-y", *place(0, 10, 0))])
-        wait_events(env, "assignments", "vd.request.unmatched", count=2)
-        assert sorted(unstaffed(env)) == ["rq-x", "rq-y"], unstaffed(env)
+                              vdtest.request_created("rq-y", *place(0, 10, 0)),
+                              vdtest.request_created("rq-z", *place(0, 20, 0))])
+        wait_events(env, "assignments", "vd.request.unmatched", count=3)
+        assert sorted(unstaffed(env)) == ["rq-x", "rq-y", "rq-z"], unstaffed(env)
         env.send("requests", [vdtest.request_cancelled("rq-x")])
         wait_events(env, "assignments", "vd.request.cancelled", request_id="rq-x")
-        assert unstaffed(env) == ["rq-y"], unstaffed(env)
+        assert sorted(unstaffed(env)) == ["rq-y", "rq-z"], unstaffed(env)
+        # rq-z's record "expired" (as Redis would drop it request_ttl_s after its last change).
+        now_ms = int(env.redis.cmd("TIME")[0]) * 1000
+        env.redis.cmd("ZADD", "vd:unstaffed", "XX", now_ms - 61000, "rq-z")
+        env.redis.cmd("DEL", "vd:req/rq-z")
+        env.wait_for(lambda: unstaffed(env) == ["rq-y"], timeout=10, what="rq-z swept off the list")
 
 
 # --------------------------------------------------------------------------------------------
