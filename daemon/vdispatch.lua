@@ -1430,7 +1430,8 @@ end
 The free volunteers nearest a request, in its pool (the city or its event), for a coordinator
 to choose from: up to count, searched within 2, 8, 32 and then 128 km, each with distance,
 skills, languages, team, tasks in the last 24 h, daily cap, and whether they have the skills
-and a language the request asks for. One JSON document. ]]
+and a language the request asks for; with the request's state and its last fact (an
+unmatched fact's document left out). One JSON document. ]]
 local function near(keys, args)
   local ch = checker()
   local p, rid = args[1], args[2]
@@ -1438,8 +1439,10 @@ local function near(keys, args)
   ch.need(is_id(rid) and keys[1] == K.req(p, rid), 'request_id/keys')
   ch.need(count and cap0, 'count/default_cap')
   if ch.err then return bad(ch) end
-  local v = redis.call('HMGET', keys[1], 'state', 'rq')
+  local v = redis.call('HMGET', keys[1], 'state', 'rq', 'seq')
   if not v[1] then return cjson.encode({request = rid, error = 'unknown request'}) end
+  local last = tonumber(v[3]) and redis.call('HGET', keys[1], 'f:' .. v[3]) or ''
+  if string.find(last, '^unmatched|') then last = 'unmatched' end
   local ok, doc = pcall(cjson.decode, v[2] or '')
   local d = ok and type(doc) == 'table' and type(doc.data) == 'table' and doc.data or {}
   local loc = type(d.location) == 'table' and d.location or {}
@@ -1465,7 +1468,7 @@ local function near(keys, args)
                      tasks_24h = redis.call('ZCOUNT', K.tasks(p, f[1]), '(' .. (now - DAY_MS), '+inf'),
                      skills_ok = has_all(set_of(sk), want_sk), languages_ok = has_any(set_of(lg), want_lang)}
   end
-  return cjson.encode({request = rid, state = v[1], volunteers = out})
+  return cjson.encode({request = rid, state = v[1], last = last, volunteers = out})
 end
 
 redis.register_function('vd5_vol_available', vol_available)

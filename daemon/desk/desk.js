@@ -214,17 +214,31 @@ async function send(rid, vid) {
   }
 }
 
-// What came of the last assignment sent: the request's last fact names it.
-function checkSent(reqs) {
+// What came of the last assignment sent: the request's last fact names it (from the list,
+// or, once the request has left the list, from the request itself).
+async function checkSent(reqs) {
   const s = desk.sent;
   if (!s) return;
   const r = reqs.find((x) => x.id === s.rid);
-  const last = r && r.last ? r.last.split('|') : null;
-  if (last && last[0] === 'refused' && last[1] === s.vid && last[2] === s.coordinator) {
-    result(`refused: ${last.slice(3).join('|')}`, false);
+  let last = r && r.last ? r.last : null;
+  if (!r) {
+    try {
+      const resp = await fetch('/desk/near?request=' + encodeURIComponent(s.rid), {cache: 'no-store'});
+      last = (await resp.json()).last || null;
+    } catch (e) {
+      return;
+    }
+  }
+  const f = last ? last.split('|') : [];
+  if (desk.sent !== s) return;
+  if (f[0] === 'refused' && f[1] === s.vid && f[2] === s.coordinator) {
+    result(`refused: ${f.slice(3).join('|')}`, false);
     desk.sent = null;
-  } else if ((last && last[0] === 'confirmed' && last[1] === s.vid) || (!r && Date.now() - s.at > 1000)) {
+  } else if (f[0] === 'confirmed' && f[1] === s.vid) {
     result(`confirmed: ${s.vid} is on the way to ${s.rid}`, true);
+    desk.sent = null;
+  } else if (!r && Date.now() - s.at > 10000) {
+    result(`${s.rid} has left the list; its last news: ${last || 'none'}`, false);
     desk.sent = null;
   }
 }
