@@ -67,9 +67,11 @@ def test_scrape_has_what_rules_and_dashboard_use():
                      what="vd_requests_unstaffed 1")
 
         def scraped():
+            # librdkafka knows a partition's lag once an offset of it was committed.
             m = vdtest.metrics(d)
-            return m if m.get("vd_kafka_brokers_up") else None
-        m = env.wait_for(scraped, timeout=30, what="Kafka statistics in /metrics")
+            return m if m.get("vd_kafka_brokers_up") and \
+                'vd_kafka_consumer_lag{topic="vd.requests"}' in m else None
+        m = env.wait_for(scraped, timeout=30, what="Kafka statistics with the requests' lag in /metrics")
         text = vdtest.http_get(port, "/metrics")[2]
         p = promtool("check", "metrics", stdin=text)
         assert p.returncode == 0, "promtool check metrics:\n" + p.stdout + p.stderr
