@@ -330,8 +330,8 @@ static void serve_assign(struct vd_desk *d, struct vd_http_request *req) {
     char *ev = vd_event_encode_from(source, "vd.request.assign", s->id, now, 0, data);
     char key[VD_ID_MAX + 1];
     snprintf(key, sizeof key, "%s", rid);
-    json_decref(body);
     if (!ev) {
+        json_decref(body);
         free(s);
         vd_http_respond(req, 500, NULL, NULL, "out of memory\n", 14);
         return;
@@ -344,6 +344,7 @@ static void serve_assign(struct vd_desk *d, struct vd_http_request *req) {
     d->stats.assigns++;
     vd_info("desk: assignment of volunteer %s to request %s by coordinator %s sent as %s", vid,
             key, by, s->id);
+    json_decref(body); /* rid, vid and by were its strings */
     /* Kafka takes the payload; it is retried until acknowledged, like every output. */
     vd_kafka_produce(d->kafka, VD_OUT_REQUESTS, key, strlen(key), ev, strlen(ev), s);
 }

@@ -972,9 +972,11 @@ static void reject(struct roster *r, const char *err) {
 
 /* Checks and sends one volunteer (data is stolen). */
 static void roster_row(struct roster *r, json_t *data) {
-    char err[512];
+    char err[512], vid[VD_ID_MAX + 1] = "";
     r->rows++;
-    const char *vid = json_string_value(json_object_get(data, "volunteer_id"));
+    /* The key, copied: make_event() takes data over. A bad ID is rejected there. */
+    const char *v = json_string_value(json_object_get(data, "volunteer_id"));
+    if (v) snprintf(vid, sizeof vid, "%s", v);
     char *s = make_event(r->c, "vd.volunteer.available", VD_TOPIC_VOLUNTEERS, data, err, sizeof err);
     if (!s) {
         reject(r, err);
@@ -1307,7 +1309,6 @@ int main(int argc, char **argv) {
         {"help", no_argument, NULL, 'h'},         {"version", no_argument, NULL, O_VERSION},
         {NULL, 0, NULL, 0}};
     char err[1024];
-    if (vd_config_init(&c.cfg) < 0) die(EXIT_UNREACHABLE, "out of memory");
     default_coordinator(&c);
     /* --set is applied after the file: remember them. */
     const char **sets = calloc((size_t)argc, sizeof *sets);
@@ -1327,7 +1328,10 @@ int main(int argc, char **argv) {
         case O_LIMIT: c.limit = positive("--limit", optarg, 100000); break;
         case O_DRY: c.dry_run = 1; break;
         case 'h': help = 1; break;
-        case O_VERSION: printf("vdispatchctl %s\n", VD_VERSION); return EXIT_OK;
+        case O_VERSION:
+            printf("vdispatchctl %s\n", VD_VERSION);
+            free(sets);
+            return EXIT_OK;
         default:
             die(EXIT_USAGE, "unknown option %s (vdispatchctl --help)", argv[optind - 1]);
         }
@@ -1337,10 +1341,12 @@ int main(int argc, char **argv) {
     if (help) {
         if (cm) printf("usage: vdispatchctl -c FILE [--json] %s %s\n\n%s", cm->name, cm->args, cm->help);
         else fputs(usage_text, stdout);
+        free(sets);
         return EXIT_OK;
     }
     if (!name) {
         fputs(usage_text, stderr);
+        free(sets);
         return EXIT_USAGE;
     }
     if (!cm) die(EXIT_USAGE, "unknown command '%s' (vdispatchctl --help lists them)", name);
@@ -1348,6 +1354,7 @@ int main(int argc, char **argv) {
         die(EXIT_USAGE, "usage: vdispatchctl -c FILE %s %s (vdispatchctl %s --help)", cm->name, cm->args,
             cm->name);
     if (!config) die(EXIT_USAGE, "-c FILE is required: the daemon's config file");
+    if (vd_config_init(&c.cfg) < 0) die(EXIT_UNREACHABLE, "out of memory");
     if (vd_config_load_file(&c.cfg, config, err, sizeof err) < 0) die(EXIT_USAGE, "%s", err);
     for (int i = 0; i < nsets; i++)
         if (vd_config_set(&c.cfg, sets[i], err, sizeof err) < 0) die(EXIT_USAGE, "--set %s", err);

@@ -505,7 +505,10 @@ def test_deadlines_under_load():
                                                "kafka.consumer.queued.max.messages.kbytes": 65536,
                                                "kafka.consumer.fetch.max.bytes": 52428800},
                                   100000)
-        assert m["vd_inputs_in_memory_max"] >= 50000, "never more than %d in memory" % m["vd_inputs_in_memory_max"]
+        # Under the sanitizers (a Debug build) decoding at intake is slow enough that matching
+        # keeps up better: a backlog of 10,000 still makes the point.
+        want = 10000 if vdtest.SANITIZED else 50000
+        assert m["vd_inputs_in_memory_max"] >= want, "never more than %d in memory" % m["vd_inputs_in_memory_max"]
         assert d.stop() == 0
     with vdtest.Env(topics=BURST_TOPICS) as env:
         # Intake paused by back-pressure most of the time.

@@ -96,6 +96,9 @@ CONSUMER_DEFAULTS = {
 
 _WRAPPER = os.environ.get("VD_DAEMON_WRAPPER", "").strip()
 TIMEOUT_SCALE = float(os.environ.get("VD_TIMEOUT_SCALE") or (4 if _WRAPPER else 1))
+# The Debug build with AddressSanitizer and UBSan (scripts/test.sh's second pass): correct, and
+# several times slower.
+SANITIZED = os.environ.get("VD_SANITIZED", "") == "1"
 KEEP_TMP = os.environ.get("VD_KEEP_TMP", "") not in ("", "0")
 
 
