@@ -13,6 +13,7 @@
 #include "vd_desk_page.h"
 #include "vd_event.h"
 #include "vd_http.h"
+#include "vd_job.h"
 #include "vd_kafka.h"
 #include "vd_log.h"
 #include "vd_lua.h"
@@ -180,15 +181,14 @@ static void serve_state(struct vd_desk *d, struct vd_http_request *req) {
     d->waiters = w;
     if (d->state_in_flight) return;
     const char *pfx = d->cfg->redis_key_prefix;
-    char k1[300], k2[300], lim_r[16], lim_v[16];
-    snprintf(k1, sizeof k1, "%sunstaffed", pfx);
-    snprintf(k2, sizeof k2, "%sdue", pfx);
-    snprintf(lim_r, sizeof lim_r, "%d", DESK_REQUESTS);
-    snprintf(lim_v, sizeof lim_v, "%d", DESK_VOLUNTEERS);
-    const char *argv[] = {"FCALL_RO", VD_FN("desk"), "2", k1, k2, pfx, lim_r, lim_v};
-    size_t lens[8];
-    for (int i = 0; i < 8; i++) lens[i] = strlen(argv[i]);
-    if (vd_redis_command(d->redis, on_state, d, 8, argv, lens) < 0) {
+    struct vd_args a;
+    vd_args_fcall(&a, VD_FN("desk"), 2, 1);
+    vd_argf(&a, "%sunstaffed", pfx);
+    vd_argf(&a, "%sdue", pfx);
+    vd_arg(&a, pfx);
+    vd_argf(&a, "%d", DESK_REQUESTS);
+    vd_argf(&a, "%d", DESK_VOLUNTEERS);
+    if (vd_redis_command(d->redis, on_state, d, a.n, a.v, a.l) < 0) {
         d->waiters = NULL;
         while (w) {
             struct waiter *next = w->next;
@@ -250,14 +250,14 @@ static void serve_near(struct vd_desk *d, struct vd_http_request *req) {
     nc->d = d;
     nc->req = req;
     const char *pfx = d->cfg->redis_key_prefix;
-    char key[300], count[16], cap[16];
-    snprintf(key, sizeof key, "%sreq/%s", pfx, rid);
-    snprintf(count, sizeof count, "%d", NEAR_COUNT);
-    snprintf(cap, sizeof cap, "%d", d->cfg->max_tasks_per_day);
-    const char *argv[] = {"FCALL_RO", VD_FN("near"), "1", key, pfx, rid, count, cap};
-    size_t lens[8];
-    for (int i = 0; i < 8; i++) lens[i] = strlen(argv[i]);
-    if (vd_redis_command(d->redis, on_near, nc, 8, argv, lens) < 0) {
+    struct vd_args a;
+    vd_args_fcall(&a, VD_FN("near"), 1, 1);
+    vd_argf(&a, "%sreq/%s", pfx, rid);
+    vd_arg(&a, pfx);
+    vd_arg(&a, rid);
+    vd_argf(&a, "%d", NEAR_COUNT);
+    vd_argf(&a, "%d", d->cfg->max_tasks_per_day);
+    if (vd_redis_command(d->redis, on_near, nc, a.n, a.v, a.l) < 0) {
         free(nc);
         respond_error(req, 503, "Redis is not available");
     }
@@ -436,14 +436,13 @@ void vd_desk_cron(struct vd_desk *d) {
         return;
     d->gauges_ms = now;
     const char *pfx = d->cfg->redis_key_prefix;
-    char k1[300], k2[300], k3[300];
-    snprintf(k1, sizeof k1, "%sunstaffed", pfx);
-    snprintf(k2, sizeof k2, "%sdue", pfx);
-    snprintf(k3, sizeof k3, "%svols", pfx);
-    const char *argv[] = {"FCALL_RO", VD_FN("gauges"), "3", k1, k2, k3, pfx};
-    size_t lens[7];
-    for (int i = 0; i < 7; i++) lens[i] = strlen(argv[i]);
-    if (vd_redis_command(d->redis, on_gauges, d, 7, argv, lens) == 0) d->gauges_in_flight = 1;
+    struct vd_args a;
+    vd_args_fcall(&a, VD_FN("gauges"), 3, 1);
+    vd_argf(&a, "%sunstaffed", pfx);
+    vd_argf(&a, "%sdue", pfx);
+    vd_argf(&a, "%svols", pfx);
+    vd_arg(&a, pfx);
+    if (vd_redis_command(d->redis, on_gauges, d, a.n, a.v, a.l) == 0) d->gauges_in_flight = 1;
 }
 
 void vd_desk_metrics(const struct vd_desk *d, struct vd_metrics_buf *out) {
