@@ -9,17 +9,17 @@
  * (0: at once, so a lone request is matched without waiting and rounds grow by themselves
  * under load); a round holding an urgent request waits matching.urgent_window_ms at most. A
  * round takes a few Redis calls, whatever its size (up to matching.max_round requests):
- *   vd5_round  admits its new requests and returns every request's candidate edges (the
+ *   vd6_round  admits its new requests and returns every request's candidate edges (the
  *              nearest eligible volunteers, with distance and load), its need, and how far it
  *              saw every volunteer;
  *   (here)     the assignment is solved (common/vd_assign.c): the most need served first,
  *              then the least cost. The solve also says, per request, how cheap an edge it
  *              has not seen would have to be to change the answer; the requests that did not
- *              see that far are searched again, wider (vd5_round, "widen" calls, at most
+ *              see that far are searched again, wider (vd6_round, "widen" calls, at most
  *              MAX_WIDENINGS), and the round solved again: so a round's answer is the optimum
  *              over every volunteer of the pool, not only over the candidates first fetched
  *              (unless the widenings ran out: vd_rounds_uncertain_total);
- *   vd5_claim  offers or confirms the chosen pairs, each re-checked atomically, and ends
+ *   vd6_claim  offers or confirms the chosen pairs, each re-checked atomically, and ends
  *              unmatched the requests nobody can serve.
  * A request whose chosen volunteer was taken meanwhile, or that lost its candidates to
  * requests in greater need while more may lie further out, joins the next round; after
@@ -393,7 +393,7 @@ static void request_args(struct vd_job *j, struct argv *a) {
 
 static void on_gathered(struct vd_redis *rc, redisReply *reply, void *arg);
 
-/* Sends vd5_round for jobs[0..n): count candidates each; cb gets the reply. On a synchronous
+/* Sends vd6_round for jobs[0..n): count candidates each; cb gets the reply. On a synchronous
  * failure the jobs wait for Redis and the round ends. */
 static void gather(struct vd_round *r, struct vd_job **jobs, int n, int count, vd_redis_cb *cb) {
     struct vd_dispatch *d = r->d;
@@ -405,6 +405,9 @@ static void gather(struct vd_round *r, struct vd_job **jobs, int n, int count, v
     argv_addf(&a, "%d", cfg->max_search_points);
     argv_addf(&a, "%d", cfg->load_cost_m);
     argv_addf(&a, "%d", cfg->continuity_bonus_m);
+    /* A round of one (no widening, nothing given up on: see claim_args()) claims its certain
+     * choice in the same call: a lone request takes one call and one round trip, not two. */
+    argv_add(&a, cb == on_gathered && n == 1 && !jobs[0]->rounds_empty ? "1" : "0");
     argv_addf(&a, "%d", n);
     for (int i = 0; i < n; i++) request_args(jobs[i], &a);
     const char **argv = argv_ready(&a);
@@ -444,10 +447,12 @@ static void start_round(struct vd_dispatch *d, struct vd_pool *p) {
     gather(r, r->jobs, r->n, cfg->candidates, on_gathered);
 }
 
-/* ---- after vd5_round: the edges, the solve ---- */
+/* ---- after vd6_round: the edges, the solve ---- */
 
 /* Reads one request's entry of the round's reply; returns 1 when it is a row of the
- * assignment (it wants volunteers and may have edges), 0 when its matching is over. */
+ * assignment (it wants volunteers and may have edges), 2 when the call claimed for it at once
+ * and places are still open (it joins the next round, as after a claim), 0 when its matching
+ * is over. */
 static int take_entry(struct vd_round *r, struct vd_job *j, const redisReply *e) {
     struct vd_dispatch *d = j->d;
     char tag[16], state[32];
@@ -498,6 +503,11 @@ static int take_entry(struct vd_round *r, struct vd_job *j, const redisReply *e)
     j->seen_m = (int)num(e, 12);
     r->pool_size = num(e, 13);
     if (num(e, 11)) d->stats.dense_searches++;
+    long long made = num(e, 14);
+    if (made >= 0) { /* claimed at once; more places to fill */
+        j->rounds_empty = made > 0 ? 0 : j->rounds_empty + 1;
+        return 2;
+    }
     const redisReply *ed = item(e, 10);
     int n = ed && ed->type == REDIS_REPLY_ARRAY ? (int)(ed->elements / 5) : 0;
     free(j->cands);
@@ -618,7 +628,7 @@ static void solve(struct vd_round *r) {
     free(bound);
 }
 
-/* The outcome document of a request that ends unmatched (vd5_claim completes it). */
+/* The outcome document of a request that ends unmatched (vd6_claim completes it). */
 static char *unmatched_doc(struct vd_job *j, enum vd_unmatched_reason reason) {
     const struct vd_event *ev = j->req;
     json_t *filtered = json_object();
@@ -637,7 +647,7 @@ static char *unmatched_doc(struct vd_job *j, enum vd_unmatched_reason reason) {
     return doc;
 }
 
-/* What a row of the assignment asks of vd5_claim: offers to its chosen volunteers, an
+/* What a row of the assignment asks of vd6_claim: offers to its chosen volunteers, an
  * unmatched outcome, or nothing yet (it joins the next round). Returns 1 when it is in the
  * claim call. */
 static int claim_args(struct vd_job *j, struct argv *a) {
@@ -728,8 +738,13 @@ static void take_rows(struct vd_round *r, struct vd_job **jobs, int n, const red
     }
     for (int i = 0; i < n; i++) {
         struct vd_job *j = jobs[i];
-        if (take_entry(r, j, reply->element[i])) {
+        int taken = take_entry(r, j, reply->element[i]);
+        if (taken == 1) {
             if (first) r->rows[r->nrows++] = j;
+            continue;
+        }
+        if (taken == 2) { /* first only: a widening never claims at once */
+            rejoin(j);
             continue;
         }
         if (!first) /* no longer a row */
@@ -755,6 +770,10 @@ static void on_gathered(struct vd_redis *rc, redisReply *reply, void *arg) {
     (void)rc;
     if (!gather_reply_ok(r, reply, r->n, r->jobs, r->n)) return;
     take_rows(r, r->jobs, r->n, reply, 1);
+    if (!r->nrows) { /* nothing to solve: every request ended, or was claimed at once */
+        round_done(r);
+        return;
+    }
     /* Nobody in the pool (a surge used it up): this round's claim takes nobody, so the next
      * round need not wait for it. */
     if (r->nrows && r->pool_size == 0) let_next_start(r);

@@ -1,12 +1,13 @@
-#!lua name=vdispatch_5
+#!lua name=vdispatch_6
 --[[
-The vdispatch Redis Function library, version 5: every state change of volunteers and
-requests, each one atomic. Version 5 keeps version 4's keys and data (the two run side by
-side) and adds a coordinator's assignment (vd5_assign) and the set of requests a person must
-staff (P.."unstaffed"). The version is in the library's name and in
-every function's name (vd5_*), so that two versions can run side by side during a rolling
-upgrade: vdispatchd loads its own version when it is missing and never replaces another one
-(see daemon/vd_redis.c).
+The vdispatch Redis Function library, version 6: every state change of volunteers and
+requests, each one atomic. Version 6 keeps the keys and data of versions 4 and 5 (they run
+side by side); its round call takes one more argument (at_once: a round of one request
+claims its certain choice in the same call). Version 5 added a coordinator's assignment
+(vd6_assign) and the set of requests a person must staff (P.."unstaffed"). The version is in
+the library's name and in every function's name (vd6_*), so that two versions can run side by
+side during a rolling upgrade: vdispatchd loads its own version when it is missing and never
+replaces another one (see daemon/vd_redis.c).
 
 Keys (P is the configured key prefix, "vd:" by default; it ends with ':' and holds no '/'; IDs
 are [A-Za-z0-9._:-] and never hold '/', so no ID can make one key look like another, and no
@@ -38,16 +39,16 @@ deployment's prefix can reach another deployment's keys):
                         (scheduled start, offer deadline, expires_at, task timeout, lease)
   P.."res/"..resident   the volunteer who last completed a task for that resident (an ID; it
                         expires after matching.continuity_days): continuity for the next request
-  P.."probe"            a short-lived key vd5_probe writes to learn that Redis takes writes
+  P.."probe"            a short-lived key vd6_probe writes to learn that Redis takes writes
   P.."events"           set: the events whose pool has volunteers (for the pool gauges)
   P.."unstaffed"        sorted set: the requests that ended unmatched or expired with volunteers
                         missing, scored by when (ms): what a coordinator must staff or cancel
-                        (vd5_assign and vd5_cancel take them out; vd5_sweep drops those whose
+                        (vd6_assign and vd6_cancel take them out; vd6_sweep drops those whose
                         record's time is over)
 
-Matching runs in rounds, per pool: vd5_round admits the round's new requests and returns the
+Matching runs in rounds, per pool: vd6_round admits the round's new requests and returns the
 candidate edges of every request that needs a volunteer, the daemon solves the assignment
-(common/vd_assign.c), and vd5_claim applies it, each pair re-checked atomically.
+(common/vd_assign.c), and vd6_claim applies it, each pair re-checked atomically.
 
 A volunteer is in exactly one pool (and its skill sets) while available and not held, and in
 none otherwise: that is the invariant that makes "no volunteer is held by two requests" a local
@@ -146,7 +147,7 @@ end
 -- ---- volunteers ---------------------------------------------------------------------------
 
 -- Adds a volunteer to a pool and to the pool's set of each of their skills. An event's pool
--- is listed in P.."events" (for the pool gauges; vd5_sweep drops it once the pool is empty).
+-- is listed in P.."events" (for the pool gauges; vd6_sweep drops it once the pool is empty).
 local function pool_add(pool, vid, lon, lat, skills)
   redis.call('GEOADD', pool, lon, lat, vid)
   local p, ev = string.match(pool, '^(.*)pool/ev/([^/]+)$')
@@ -205,7 +206,7 @@ local function vol_args(keys, args, ch)
   return p, vid
 end
 
--- vd5_vol_available KEYS: vol vols  ARGV: prefix vid lat lon skills languages max_tasks team event_id
+-- vd6_vol_available KEYS: vol vols  ARGV: prefix vid lat lon skills languages max_tasks team event_id
 -- radius_max_m
 local function vol_available(keys, args)
   local ch = checker()
@@ -232,7 +233,7 @@ local function vol_available(keys, args)
   return 'pooled'
 end
 
--- vd5_vol_location KEYS: vol vols  ARGV: prefix vid lat lon radius_max_m
+-- vd6_vol_location KEYS: vol vols  ARGV: prefix vid lat lon radius_max_m
 local function vol_location(keys, args)
   local ch = checker()
   local _, vid = vol_args(keys, args, ch)
@@ -254,7 +255,7 @@ local function vol_location(keys, args)
   return 'stored'
 end
 
--- vd5_vol_unavailable KEYS: vol vols  ARGV: prefix vid
+-- vd6_vol_unavailable KEYS: vol vols  ARGV: prefix vid
 local function vol_unavailable(keys, args)
   local ch = checker()
   local _, vid = vol_args(keys, args, ch)
@@ -267,7 +268,7 @@ local function vol_unavailable(keys, args)
   return 'left'
 end
 
---[[ vd5_sweep KEYS: vols unstaffed  ARGV: prefix ttl_ms limit request_ttl_ms
+--[[ vd6_sweep KEYS: vols unstaffed  ARGV: prefix ttl_ms limit request_ttl_ms
 Removes up to limit volunteer records that no event refreshed for ttl_ms: out of their pool,
 record deleted. One who holds a task stays until it ends (a task timeout ends it at the latest)
 and is looked at again a ttl later, unless the request holding them has no record any more.
@@ -305,7 +306,7 @@ local function sweep(keys, args)
   return gone
 end
 
--- vd5_probe KEYS: probe  A write that tells the daemon Redis takes writes (and has this library).
+-- vd6_probe KEYS: probe  A write that tells the daemon Redis takes writes (and has this library).
 local function probe(keys, args)
   redis.call('SET', keys[1], '1', 'PX', 10000)
   return 'ok'
@@ -393,7 +394,7 @@ end
 --[[ Facts are the request's event log: one line per output-worthy change, "kind|vid|...",
 kept in f:<n>; n is the request's sequence, which every output of the fact carries. Those
 after `pub` are not known to have reached Kafka yet; every function returns them, so whoever
-runs next publishes them again (same event ids) until vd5_settle says they were acknowledged.
+runs next publishes them again (same event ids) until vd6_settle says they were acknowledged.
 Kinds: offered|vid|offer_id|attempt|deadline|note  confirmed|vid|offer_id|attempt|note
 withdrawn|vid|offer_id|why  unmatched|json  cancelled|vid (vid empty: nobody was held)
 completed|vid|all(0/1)  released|vid|why (a task past task_timeout_s) ]]
@@ -469,7 +470,7 @@ local function set_due(c, r, keep_lease)
   end
   if r.seq > r.pub then at(c.now + c.lease) end
   if t and t <= c.now and keep_lease then
-    -- Overdue, but an instance holds it under a lease (vd5_settle): leave it theirs.
+    -- Overdue, but an instance holds it under a lease (vd6_settle): leave it theirs.
     local cur = tonumber(redis.call('ZSCORE', c.due, c.rid))
     if cur and cur > c.now then t = cur end
   end
@@ -820,8 +821,10 @@ end
 -- The fields of one request in a round call (see round()).
 local RFIELDS = 16
 
---[[ vd5_round KEYS: due pool  ARGV: settings, radius_start count max_points load_cost_m
-continuity_bonus_m n, then n requests of RFIELDS: rid new lat lon rmax skills languages needed
+local claim_at_once -- (below, with the claim)
+
+--[[ vd6_round KEYS: due pool  ARGV: settings, radius_start count max_points load_cost_m
+continuity_bonus_m at_once n, then n requests of RFIELDS: rid new lat lon rmax skills languages needed
 at_ms exp_ms time_ms rq need preferred resident cover (0, or the metres a widened search must
 cover).
 The first half of a matching round: for every request of one pool, at once, what the
@@ -830,21 +833,27 @@ assignment needs. A new request (new = 1) is admitted as vd.request.created asks
 with its recorded facts, or 'resume', or 'stale' (older than the record's TTL and no record:
 nothing written). Every request that then has open places and offers left gets its candidate
 edges (gather()) and is held under a lease while the daemon solves and claims.
+With at_once 1, a round of one request (a lone request: nobody's need weighs against
+another's) claims in the same call what the daemon's solve would choose, when that choice is
+certain (claim_at_once()): one call and one round trip instead of two.
 Returns one entry per request: {tag, state, open, search, {facts}, radius, considered,
 {filtered name, count ...}, need, more, {edges: vid dist flag cost radius ...}, dense, seen,
-pool} (radius: the search's that found the volunteer; dense 1: the search was bounded by
-max_points; seen: every volunteer nearer was considered; pool: the volunteers in the pool). ]]
+pool, made} (radius: the search's that found the volunteer; dense 1: the search was bounded by
+max_points; seen: every volunteer nearer was considered; pool: the volunteers in the pool;
+made: -1, or how many offers this call made when it claimed at once: then open, search and
+the facts are as vd6_claim returns them). ]]
 local function round(keys, args)
   local ch = checker()
   local st = settings(keys, args, ch)
   local start, count = int(args[NSET + 1], 1, 1e7), int(args[NSET + 2], 1, 1000)
   local maxpts, load_m = int(args[NSET + 3], 0, 1e6), int(args[NSET + 4], 0, 1e6)
-  local bonus_m, n = int(args[NSET + 5], 0, 1e6), int(args[NSET + 6], 0, 100000)
-  ch.need(start and count and maxpts and load_m and bonus_m and n, 'round arguments')
-  ch.need(n and #args == NSET + 6 + n * RFIELDS, 'round list')
+  local bonus_m, at_once = int(args[NSET + 5], 0, 1e6), int(args[NSET + 6], 0, 1)
+  local n = int(args[NSET + 7], 0, 100000)
+  ch.need(start and count and maxpts and load_m and bonus_m and at_once and n, 'round arguments')
+  ch.need(n and #args == NSET + 7 + n * RFIELDS, 'round list')
   local qs = {}
   for i = 1, (n or 0) do
-    local b = NSET + 6 + (i - 1) * RFIELDS
+    local b = NSET + 7 + (i - 1) * RFIELDS
     local q = {rid = args[b + 1], new = args[b + 2] == '1', lat = lat_ok(args[b + 3]),
                lon = lon_ok(args[b + 4]), rmax = int(args[b + 5], 1, 1e7),
                skills = split(args[b + 6]), langs = split(args[b + 7]),
@@ -881,7 +890,7 @@ local function round(keys, args)
       end
     end
     if tag == 'stale' then
-      out[i] = {'stale', 'received', 0, 0, {}, 0, 0, {}, 0, 0, {}, 0, 0}
+      out[i] = {'stale', 'received', 0, 0, {}, 0, 0, {}, 0, 0, {}, 0, 0, 0, -1}
     else
       if tag == 'new' then
         r.needed, r.at, r.exp = q.needed, q.at, q.exp
@@ -901,12 +910,20 @@ local function round(keys, args)
       local list = facts(c, r, tag == 'replay' and ALL or nil)
       local need = tonumber(redis.call('HGET', c.rkey, 'need')) or q.need
       local edges, radius, considered, filtered, more, dense, seen = {}, 0, 0, {}, 0, 0, 0
+      local made = -1
       if s == 1 then
         edges, radius, considered, filtered, more, dense, seen = gather(st, cache, q, r)
+        if at_once == 1 and n == 1 then
+          made = claim_at_once(c, r, st, q, edges, considered, more, seen)
+          if made >= 0 then
+            s = resolve(c, r)
+            list = facts(c, r, tag == 'replay' and ALL or nil)
+          end
+        end
       end
       finish_call(c, r)
       out[i] = {tag, r.state, open_places(r), s, list, radius, considered, filtered, need, more,
-                edges, dense, seen}
+                edges, dense, seen, 0, made}
     end
   end
   -- The pool's size once this call's changes are made (advance() may return volunteers).
@@ -970,6 +987,34 @@ local function offer_to(c, r, st, q, chosen)
   return made
 end
 
+--[[ A round of one request: its choice is the open places' cheapest edges (by cost, then
+distance, then ID), as the daemon's solve makes it for a lone row. Claimed at once when that
+choice is certain: no volunteer beyond what the search saw can cost less (more is 0, or the
+dearest chosen edge costs no more than seen: whoever lies further costs at least their
+distance). edges is gather()'s flat list. Returns the offers made, or -1 when the daemon must
+solve (nobody to choose, or a wider search could change the answer). ]]
+claim_at_once = function(c, r, st, q, edges, considered, more, seen)
+  local list = {}
+  for b = 1, #edges, 5 do
+    list[#list + 1] = {vid = edges[b], dist = tonumber(edges[b + 1]), cost = edges[b + 3],
+                       radius = edges[b + 4]}
+  end
+  local k = math.min(open_places(r), #list)
+  if k == 0 then return -1 end
+  table.sort(list, function(a, b)
+    if a.cost ~= b.cost then return a.cost < b.cost end
+    if a.dist ~= b.dist then return a.dist < b.dist end
+    return a.vid < b.vid
+  end)
+  if more == 1 and (#list < open_places(r) or list[k].cost > seen) then return -1 end
+  local chosen = {}
+  for x = 1, k do
+    local e = list[x]
+    chosen[x] = {e.vid, string.format('%.1f/%d/%d', e.dist, e.radius, considered)}
+  end
+  return offer_to(c, r, st, q, chosen)
+end
+
 --[[ The daemon found nobody (more) to offer: the request ends unmatched with the outcome
 document it built (volunteers_missing is set here; a request that had offers declined or
 timed out ends all_declined), unless offers are still outstanding: then it waits for their
@@ -981,7 +1026,7 @@ local function finish_unmatched(c, r, doc)
   end
 end
 
---[[ vd5_claim KEYS: due pool  ARGV: settings, n, then n blocks: rid lat lon rmax skills
+--[[ vd6_claim KEYS: due pool  ARGV: settings, n, then n blocks: rid lat lon rmax skills
 languages kind count, and count "vid note" pairs (kind 'offer') or one outcome document
 (kind 'finish', count 1).
 The second half of a matching round: the assignment the daemon solved, applied request by
@@ -1063,7 +1108,7 @@ local function claim(keys, args)
   return out
 end
 
---[[ vd5_respond KEYS: req due  ARGV: common, vid offer_id accept|decline
+--[[ vd6_respond KEYS: req due  ARGV: common, vid offer_id accept|decline
 The volunteer's answer to an offer. Accepted: confirmed. Declined: released, never offered
 this request again, and a search for the next one is due. An answer to no outstanding offer
 (wrong offer_id, another volunteer, past its deadline, already answered, an ended request)
@@ -1111,7 +1156,7 @@ local function respond(keys, args)
   return reply(c, r, why and 'ignored' or 'ok', s, list, nil, why or '')
 end
 
---[[ vd5_tick KEYS: req due  ARGV: common
+--[[ vd6_tick KEYS: req due  ARGV: common
 Run for a request taken from the due set: applies what time did (start, expiry, offer
 timeouts, task timeouts) and returns what is left to publish and whether to search. ]]
 local function tick(keys, args)
@@ -1130,7 +1175,7 @@ local function tick(keys, args)
   return reply(c, r, 'ok', s, list, nil)
 end
 
---[[ vd5_cancel KEYS: req due  ARGV: common
+--[[ vd6_cancel KEYS: req due  ARGV: common
 Cancels a request and releases every volunteer it holds or has an offer out to, back to their
 pool; a released assignment no longer counts toward the volunteer's daily cap. Facts:
 cancelled|vid per volunteer released, or one cancelled| when nobody was. A cancel that arrives
@@ -1163,7 +1208,7 @@ local function cancel(keys, args)
   return reply(c, r, 'ok', 0, list)
 end
 
---[[ vd5_assign KEYS: req due unstaffed  ARGV: common, vid coordinator_id event_id default_cap
+--[[ vd6_assign KEYS: req due unstaffed  ARGV: common, vid coordinator_id event_id default_cap
 A coordinator sends a named volunteer (vd.request.assign). Applied when the request still
 misses a volunteer (searching or offered with a place no offer covers, or ended unmatched or
 expired) and the volunteer is free: available, holding no task, of the request's pool (the
@@ -1247,7 +1292,7 @@ local function assign(keys, args)
   return reply(c, r, why and 'refused' or 'ok', s, list, nil, why or '')
 end
 
---[[ vd5_complete KEYS: req due  ARGV: common, vid continuity_s
+--[[ vd6_complete KEYS: req due  ARGV: common, vid continuity_s
 A volunteer finished their task: they return to the pool (if still available); fact
 completed|vid|all, all = 1 once every volunteer the request held has finished, and the request
 is then 'completed'. A completion seen again answers 'replay' with the completion facts; one
@@ -1295,7 +1340,7 @@ local function complete(keys, args)
   return reply(c, r, 'ok', 0, list)
 end
 
---[[ vd5_settle KEYS: due req...  ARGV: prefix lease_ms task_timeout_ms rid seq rid seq ...
+--[[ vd6_settle KEYS: due req...  ARGV: prefix lease_ms task_timeout_ms rid seq rid seq ...
 The facts up to seq of each request reached Kafka: they are not published again, and the
 request's due time drops back to its next deadline (or it leaves the due set). ]]
 local function settle(keys, args)
@@ -1329,7 +1374,7 @@ local function settle(keys, args)
   return #keys - 1
 end
 
---[[ vd5_due KEYS: due  ARGV: prefix lease_ms limit
+--[[ vd6_due KEYS: due  ARGV: prefix lease_ms limit
 Takes up to limit requests whose due time has come, and moves each a lease ahead: two
 instances never take the same request at once, and one that dies holding it only delays it
 by the lease. ]]
@@ -1371,7 +1416,7 @@ local function desk_request(p, rid, since)
   return e
 end
 
---[[ vd5_desk KEYS: unstaffed due  ARGV: prefix max_requests max_volunteers
+--[[ vd6_desk KEYS: unstaffed due  ARGV: prefix max_requests max_volunteers
 What the desk shows, as one JSON document: the requests a coordinator must staff (oldest
 first) and those being matched (searching or offered, from the due set), each with its place,
 service, priority, volunteers needed, held and offered, why unmatched, and the last
@@ -1409,7 +1454,7 @@ local function desk(keys, args)
                        unstaffed = redis.call('ZCARD', keys[1])})
 end
 
---[[ vd5_gauges KEYS: unstaffed due vols  ARGV: prefix
+--[[ vd6_gauges KEYS: unstaffed due vols  ARGV: prefix
 The city at a glance, for /metrics: {requests to staff, requests in the due set, volunteers
 with a record, then pool name, available ... for the city and each listed event}. ]]
 local function gauges(keys, args)
@@ -1426,7 +1471,7 @@ local function gauges(keys, args)
   return out
 end
 
---[[ vd5_near KEYS: req  ARGV: prefix rid count default_cap
+--[[ vd6_near KEYS: req  ARGV: prefix rid count default_cap
 The free volunteers nearest a request, in its pool (the city or its event), for a coordinator
 to choose from: up to count, searched within 2, 8, 32 and then 128 km, each with distance,
 skills, languages, team, tasks in the last 24 h, daily cap, and whether they have the skills
@@ -1471,20 +1516,20 @@ local function near(keys, args)
   return cjson.encode({request = rid, state = v[1], last = last, volunteers = out})
 end
 
-redis.register_function('vd5_vol_available', vol_available)
-redis.register_function('vd5_vol_location', vol_location)
-redis.register_function('vd5_vol_unavailable', vol_unavailable)
-redis.register_function('vd5_sweep', sweep)
-redis.register_function('vd5_probe', probe)
-redis.register_function('vd5_round', round)
-redis.register_function('vd5_claim', claim)
-redis.register_function('vd5_respond', respond)
-redis.register_function('vd5_tick', tick)
-redis.register_function('vd5_settle', settle)
-redis.register_function('vd5_due', due)
-redis.register_function('vd5_cancel', cancel)
-redis.register_function('vd5_complete', complete)
-redis.register_function('vd5_assign', assign)
-redis.register_function{function_name = 'vd5_desk', callback = desk, flags = {'no-writes'}}
-redis.register_function{function_name = 'vd5_near', callback = near, flags = {'no-writes'}}
-redis.register_function{function_name = 'vd5_gauges', callback = gauges, flags = {'no-writes'}}
+redis.register_function('vd6_vol_available', vol_available)
+redis.register_function('vd6_vol_location', vol_location)
+redis.register_function('vd6_vol_unavailable', vol_unavailable)
+redis.register_function('vd6_sweep', sweep)
+redis.register_function('vd6_probe', probe)
+redis.register_function('vd6_round', round)
+redis.register_function('vd6_claim', claim)
+redis.register_function('vd6_respond', respond)
+redis.register_function('vd6_tick', tick)
+redis.register_function('vd6_settle', settle)
+redis.register_function('vd6_due', due)
+redis.register_function('vd6_cancel', cancel)
+redis.register_function('vd6_complete', complete)
+redis.register_function('vd6_assign', assign)
+redis.register_function{function_name = 'vd6_desk', callback = desk, flags = {'no-writes'}}
+redis.register_function{function_name = 'vd6_near', callback = near, flags = {'no-writes'}}
+redis.register_function{function_name = 'vd6_gauges', callback = gauges, flags = {'no-writes'}}

@@ -14,6 +14,10 @@ Runs the real vdispatchd against the harness's redis-server and Kafka mock:
   test_continuity              the volunteer who last served a resident is preferred next time
   test_open_place_nudged       offer mode: a request waits with an open place, at no cost (no
                                rounds); a volunteer who comes near is offered it at once
+  test_round_of_one            a lone request is claimed in its round's own call (no claim
+                               call) when its choice is certain, and goes through the solve,
+                               a widening and a claim when a volunteer further out could still
+                               cost less
 
     VD_BUILD=build VD_SOURCE=. python3 tests/integration/test_rounds.py [TEST_NAME ...]
 """
@@ -164,6 +168,47 @@ def test_open_place_nudged():
         env.wait_for(lambda: env.redis.cmd("ZSCORE", "vd:pool/city/open", "op-r") is None,
                      timeout=20, what="op-r out of the open set")
         no_dead_letters(env)
+
+
+def calls_by_kind(d):
+    m = metrics(d)
+    return {k: m['vd_redis_calls_by_kind_total{kind="%s"}' % k] for k in ("round", "widen", "claim")}
+
+
+def load_up(env, vid, pos, tasks, tag):
+    """Gives vid `tasks` completed tasks today (each adds load_cost_m to its cost)."""
+    for i in range(tasks):
+        assert confirm(env, "%s-%d" % (tag, i), pos) == [vid]
+        env.send("responses", [vdtest.task_completed("%s-%d" % (tag, i), vid)])
+        env.wait_for(lambda: pooled(env, vid), timeout=20, what="%s back" % vid)
+
+
+def test_round_of_one():
+    # a is 100 m away with 2 tasks today (cost 100 + 2 x 150 = 400), b 300 m away with 1
+    # (cost 450): a is the choice. With 8 candidates the first search (500 m) asks for 16 and
+    # finds both: it saw everyone within 500 m, so nobody unseen can cost less than 400: the
+    # round's own call confirms a. With 1 candidate it asks for 2 and sees only to 300 m: a
+    # volunteer at 301-399 m could cost less than 400, so the round widens to 400 m, solves and
+    # claims: a again, in three calls.
+    for cands, want in ((8, {"round": 1, "widen": 0, "claim": 0}),
+                        (1, {"round": 1, "widen": 1, "claim": 1})):
+        with vdtest.Env() as env:
+            d = start(env, **{"matching.offer_timeout_ms": 0, "matching.candidates": cands})
+            add_volunteers(env, [("one-a", place(0, 100, 0), {})])
+            load_up(env, "one-a", place(0, 100, 0), 2, "one-la")
+            add_volunteers(env, [("one-b", place(0, -300, 0), {})])
+            load_up(env, "one-b", place(0, -300, 0), 1, "one-lb")
+            before = calls_by_kind(d)
+            env.send("requests", [vdtest.request_created("one-r", *place(0))])
+            got = wait_events(env, "assignments", "vd.assignment.confirmed", count=1,
+                              request_id="one-r")
+            after = calls_by_kind(d)
+            used = {k: after[k] - before[k] for k in after}
+            vdtest.log("candidates %d: %s, calls %s" % (cands, got[0]["data"]["volunteer_id"], used))
+            assert got[0]["data"]["volunteer_id"] == "one-a", got
+            assert abs(got[0]["data"]["distance_m"] - 100) < 2, got
+            assert used == want, (cands, used)
+            no_dead_letters(env)
 
 
 if __name__ == "__main__":
