@@ -7,7 +7,7 @@
  * not). The cost of a volunteer serving a request (the distance, plus load_cost_m per task in
  * the last 24 h, less continuity_bonus_m for the resident's preferred or last volunteer) and
  * the hard filters (skills, languages, daily cap, volunteers already tried) are applied in
- * Redis by the round's Function, vd6_round, which needs them to know how far to search.
+ * Redis by the round's Function, vd7_round, which needs them to know how far to search.
  * No I/O, no clock. */
 #ifndef VD_MATCH_H
 #define VD_MATCH_H
@@ -15,7 +15,7 @@
 #include "vd_event.h"
 
 /* Why a candidate was not an edge; the keys of the `filtered` object of vd.request.unmatched
- * (vd6_round counts them by these names). */
+ * (vd7_round counts them by these names). */
 enum vd_filter {
     VD_FILTER_SKILLS = 0,  /* lacks one of the request's skills */
     VD_FILTER_LANGUAGES,   /* speaks none of the request's languages */

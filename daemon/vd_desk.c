@@ -61,7 +61,7 @@ struct vd_desk {
     unsigned seq;
     char host[64];
     struct vd_desk_stats stats;
-    /* The city's gauges, from the last vd6_gauges. */
+    /* The city's gauges, from the last vd7_gauges. */
     int gauges_in_flight, have_gauges;
     uint64_t gauges_ms;
     long long unstaffed, due, volunteers;

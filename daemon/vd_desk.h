@@ -11,9 +11,9 @@
  * Routes (GET unless noted):
  *   /desk, /desk/desk.js, /desk/desk.css   the page
  *   /desk/state            JSON: requests, volunteers (geohash scores), pool sizes, whether
- *                          actions are enabled; one Redis call (vd6_desk) per second at most,
+ *                          actions are enabled; one Redis call (vd7_desk) per second at most,
  *                          however many desks poll
- *   /desk/near?request=RID JSON: the free volunteers nearest the request (vd6_near)
+ *   /desk/near?request=RID JSON: the free volunteers nearest the request (vd7_near)
  *   POST /desk/assign      body {"request_id", "volunteer_id", "coordinator_id"},
  *                          Authorization: Bearer <http.desk_token>; 202 once Kafka has the
  *                          event, 401 without the right token, 403 when the desk is read-only
@@ -43,7 +43,7 @@ int vd_desk_route(struct vd_desk *d, struct vd_http_request *req);
 /* A Kafka delivery report: 1 when opaque was one of the desk's events (then handled). */
 int vd_desk_delivered(struct vd_desk *d, void *opaque);
 const struct vd_desk_stats *vd_desk_stats(const struct vd_desk *d);
-/* From the daemon's cron: reads the city's gauges (vd6_gauges) when the last read is 5 s old. */
+/* From the daemon's cron: reads the city's gauges (vd7_gauges) when the last read is 5 s old. */
 void vd_desk_cron(struct vd_desk *d);
 /* Appends the desk's counters and the city's gauges (absent until the first read). */
 void vd_desk_metrics(const struct vd_desk *d, struct vd_metrics_buf *out);

@@ -16,7 +16,7 @@
  *
  * Due runs (a request whose deadline came) are internal jobs in a part of their own, taken
  * from Redis' due set every cron tick whatever the intake does. Published facts are settled
- * in batches (vd6_settle), and stale volunteer records swept (vd6_sweep) once a second. */
+ * in batches (vd7_settle), and stale volunteer records swept (vd7_sweep) once a second. */
 #include "vd_dispatch.h"
 
 #include <stdarg.h>
@@ -32,8 +32,8 @@
 #include "vd_redis.h"
 
 #define MAX_REDIS_ERRORS 5 /* unexpected error replies before a job is dead-lettered */
-#define DUE_BATCH 64       /* requests taken per vd6_due call */
-#define MAX_TIMER_JOBS 256 /* due runs in memory before vd6_due waits */
+#define DUE_BATCH 64       /* requests taken per vd7_due call */
+#define MAX_TIMER_JOBS 256 /* due runs in memory before vd7_due waits */
 #define SWEEP_EVERY_MS 1000
 #define SWEEP_BATCH 256
 #define KICK_SCAN 64 /* queued jobs looked at per start, past those blocked by a running key */

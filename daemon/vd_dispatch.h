@@ -3,7 +3,7 @@
  * Every consumed message becomes a job. Jobs of one partition overlap, except that jobs about
  * the same request or volunteer run in offset order. A job decodes its event (invalid: one
  * dead letter), runs its Redis Functions (a request is matched in its pool's rounds,
- * vd_round.c: vd6_round, then vd6_claim, for many requests at once), then produces its outputs. It is finished once Kafka acknowledged every
+ * vd_round.c: vd7_round, then vd7_claim, for many requests at once), then produces its outputs. It is finished once Kafka acknowledged every
  * output; only then does its offset count toward the partition's commit watermark
  * (vd_offsets). A Redis outage (connection lost, or Redis up but refusing) puts the job back
  * at the head of its partition to run again once Redis takes writes; every Function is
@@ -52,9 +52,9 @@ enum vd_offer_result {
 /* What a Redis call was for (vd_redis_calls_by_kind_total{kind}). */
 enum vd_call_kind {
     VD_CALL_STEP = 0, /* an input's or a due run's step: a volunteer event, an answer, a cancel... */
-    VD_CALL_ROUND,    /* a matching round's first half (vd6_round) */
-    VD_CALL_WIDEN,    /* more candidates for some of its requests (vd6_round again) */
-    VD_CALL_CLAIM,    /* its second half (vd6_claim) */
+    VD_CALL_ROUND,    /* a matching round's first half (vd7_round) */
+    VD_CALL_WIDEN,    /* more candidates for some of its requests (vd7_round again) */
+    VD_CALL_CLAIM,    /* its second half (vd7_claim) */
     VD_CALL_SETTLE,   /* facts acknowledged by Kafka (batched) */
     VD_CALL_DUE,      /* taking due requests */
     VD_CALL_SWEEP,    /* sweeping silent volunteers */
@@ -62,7 +62,7 @@ enum vd_call_kind {
 };
 
 /* How long a running step may hold a request before any instance takes it up again: a
- * search in progress, or facts waiting for Kafka (see vd6_settle in vdispatch.lua). */
+ * search in progress, or facts waiting for Kafka (see vd7_settle in vdispatch.lua). */
 #define VD_LEASE_MS 5000
 
 struct vd_dispatch_stats {

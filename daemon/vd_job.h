@@ -37,7 +37,7 @@ struct vd_cand {
     char id[VD_ID_MAX + 1];
     double distance_m;
     int continuity; /* the resident's preferred volunteer, or the last who served them */
-    int64_t cost;   /* metres, shaded by load and continuity (vd6_round computes it) */
+    int64_t cost;   /* metres, shaded by load and continuity (vd7_round computes it) */
     int radius;     /* the radius of the search that found them */
     int col;        /* the volunteer's column in the round's problem */
     int chosen;

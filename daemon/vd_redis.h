@@ -10,7 +10,7 @@
  * deadline (a command unanswered past redis.command_timeout_ms drops the connection, which
  * fails every pending command) and reconnects with exponential backoff.
  *
- * The library: its name carries its version (vdispatch_6). At every connect the client lists
+ * The library: its name carries its version (vdispatch_7). At every connect the client lists
  * the vdispatch libraries Redis holds; it loads its own when missing, uses it when the code is
  * the same, and never replaces or deletes another: other versions run side by side (a rolling
  * upgrade), and a library of the same version with other code is a deployment error that
@@ -55,9 +55,9 @@ enum vd_redis_state {
 };
 
 struct vd_redis_library {
-    const char *name;  /* "vdispatch_6" */
-    const char *code;  /* the library's text, "#!lua name=vdispatch_6 ..." */
-    const char *probe; /* the library's probe function, "vd6_probe" */
+    const char *name;  /* "vdispatch_7" */
+    const char *code;  /* the library's text, "#!lua name=vdispatch_7 ..." */
+    const char *probe; /* the library's probe function, "vd7_probe" */
 };
 
 struct vd_redis_stats {

@@ -9,17 +9,17 @@
  * (0: at once, so a lone request is matched without waiting and rounds grow by themselves
  * under load); a round holding an urgent request waits matching.urgent_window_ms at most. A
  * round takes a few Redis calls, whatever its size (up to matching.max_round requests):
- *   vd6_round  admits its new requests and returns every request's candidate edges (the
+ *   vd7_round  admits its new requests and returns every request's candidate edges (the
  *              nearest eligible volunteers, with distance and load), its need, and how far it
  *              saw every volunteer;
  *   (here)     the assignment is solved (common/vd_assign.c): the most need served first,
  *              then the least cost. The solve also says, per request, how cheap an edge it
  *              has not seen would have to be to change the answer; the requests that did not
- *              see that far are searched again, wider (vd6_round, "widen" calls, at most
+ *              see that far are searched again, wider (vd7_round, "widen" calls, at most
  *              MAX_WIDENINGS), and the round solved again: so a round's answer is the optimum
  *              over every volunteer of the pool, not only over the candidates first fetched
  *              (unless the widenings ran out: vd_rounds_uncertain_total);
- *   vd6_claim  offers or confirms the chosen pairs, each re-checked atomically, and ends
+ *   vd7_claim  offers or confirms the chosen pairs, each re-checked atomically, and ends
  *              unmatched the requests nobody can serve.
  * A request whose chosen volunteer was taken meanwhile, or that lost its candidates to
  * requests in greater need while more may lie further out, joins the next round; after
@@ -393,7 +393,7 @@ static void request_args(struct vd_job *j, struct argv *a) {
 
 static void on_gathered(struct vd_redis *rc, redisReply *reply, void *arg);
 
-/* Sends vd6_round for jobs[0..n): count candidates each; cb gets the reply. On a synchronous
+/* Sends vd7_round for jobs[0..n): count candidates each; cb gets the reply. On a synchronous
  * failure the jobs wait for Redis and the round ends. */
 static void gather(struct vd_round *r, struct vd_job **jobs, int n, int count, vd_redis_cb *cb) {
     struct vd_dispatch *d = r->d;
@@ -447,7 +447,7 @@ static void start_round(struct vd_dispatch *d, struct vd_pool *p) {
     gather(r, r->jobs, r->n, cfg->candidates, on_gathered);
 }
 
-/* ---- after vd6_round: the edges, the solve ---- */
+/* ---- after vd7_round: the edges, the solve ---- */
 
 /* Reads one request's entry of the round's reply; returns 1 when it is a row of the
  * assignment (it wants volunteers and may have edges), 2 when the call claimed for it at once
@@ -628,7 +628,7 @@ static void solve(struct vd_round *r) {
     free(bound);
 }
 
-/* The outcome document of a request that ends unmatched (vd6_claim completes it). */
+/* The outcome document of a request that ends unmatched (vd7_claim completes it). */
 static char *unmatched_doc(struct vd_job *j, enum vd_unmatched_reason reason) {
     const struct vd_event *ev = j->req;
     json_t *filtered = json_object();
@@ -647,7 +647,7 @@ static char *unmatched_doc(struct vd_job *j, enum vd_unmatched_reason reason) {
     return doc;
 }
 
-/* What a row of the assignment asks of vd6_claim: offers to its chosen volunteers, an
+/* What a row of the assignment asks of vd7_claim: offers to its chosen volunteers, an
  * unmatched outcome, or nothing yet (it joins the next round). Returns 1 when it is in the
  * claim call. */
 static int claim_args(struct vd_job *j, struct argv *a) {

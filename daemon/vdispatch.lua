@@ -1,11 +1,12 @@
-#!lua name=vdispatch_6
+#!lua name=vdispatch_7
 --[[
-The vdispatch Redis Function library, version 6: every state change of volunteers and
-requests, each one atomic. Version 6 keeps the keys and data of versions 4 and 5 (they run
-side by side); its round call takes one more argument (at_once: a round of one request
-claims its certain choice in the same call). Version 5 added a coordinator's assignment
-(vd6_assign) and the set of requests a person must staff (P.."unstaffed"). The version is in
-the library's name and in every function's name (vd6_*), so that two versions can run side by
+The vdispatch Redis Function library, version 7: every state change of volunteers and
+requests, each one atomic. Version 7 keeps the keys and data of versions 4 to 6 (they run
+side by side); a new request with nobody within its range ends in its round call. Version 6's
+round call took one more argument (at_once: a round of one request claims its certain choice
+in the same call). Version 5 added a coordinator's assignment
+(vd7_assign) and the set of requests a person must staff (P.."unstaffed"). The version is in
+the library's name and in every function's name (vd7_*), so that two versions can run side by
 side during a rolling upgrade: vdispatchd loads its own version when it is missing and never
 replaces another one (see daemon/vd_redis.c).
 
@@ -39,16 +40,16 @@ deployment's prefix can reach another deployment's keys):
                         (scheduled start, offer deadline, expires_at, task timeout, lease)
   P.."res/"..resident   the volunteer who last completed a task for that resident (an ID; it
                         expires after matching.continuity_days): continuity for the next request
-  P.."probe"            a short-lived key vd6_probe writes to learn that Redis takes writes
+  P.."probe"            a short-lived key vd7_probe writes to learn that Redis takes writes
   P.."events"           set: the events whose pool has volunteers (for the pool gauges)
   P.."unstaffed"        sorted set: the requests that ended unmatched or expired with volunteers
                         missing, scored by when (ms): what a coordinator must staff or cancel
-                        (vd6_assign and vd6_cancel take them out; vd6_sweep drops those whose
+                        (vd7_assign and vd7_cancel take them out; vd7_sweep drops those whose
                         record's time is over)
 
-Matching runs in rounds, per pool: vd6_round admits the round's new requests and returns the
+Matching runs in rounds, per pool: vd7_round admits the round's new requests and returns the
 candidate edges of every request that needs a volunteer, the daemon solves the assignment
-(common/vd_assign.c), and vd6_claim applies it, each pair re-checked atomically.
+(common/vd_assign.c), and vd7_claim applies it, each pair re-checked atomically.
 
 A volunteer is in exactly one pool (and its skill sets) while available and not held, and in
 none otherwise: that is the invariant that makes "no volunteer is held by two requests" a local
@@ -147,7 +148,7 @@ end
 -- ---- volunteers ---------------------------------------------------------------------------
 
 -- Adds a volunteer to a pool and to the pool's set of each of their skills. An event's pool
--- is listed in P.."events" (for the pool gauges; vd6_sweep drops it once the pool is empty).
+-- is listed in P.."events" (for the pool gauges; vd7_sweep drops it once the pool is empty).
 local function pool_add(pool, vid, lon, lat, skills)
   redis.call('GEOADD', pool, lon, lat, vid)
   local p, ev = string.match(pool, '^(.*)pool/ev/([^/]+)$')
@@ -206,7 +207,7 @@ local function vol_args(keys, args, ch)
   return p, vid
 end
 
--- vd6_vol_available KEYS: vol vols  ARGV: prefix vid lat lon skills languages max_tasks team event_id
+-- vd7_vol_available KEYS: vol vols  ARGV: prefix vid lat lon skills languages max_tasks team event_id
 -- radius_max_m
 local function vol_available(keys, args)
   local ch = checker()
@@ -233,7 +234,7 @@ local function vol_available(keys, args)
   return 'pooled'
 end
 
--- vd6_vol_location KEYS: vol vols  ARGV: prefix vid lat lon radius_max_m
+-- vd7_vol_location KEYS: vol vols  ARGV: prefix vid lat lon radius_max_m
 local function vol_location(keys, args)
   local ch = checker()
   local _, vid = vol_args(keys, args, ch)
@@ -255,7 +256,7 @@ local function vol_location(keys, args)
   return 'stored'
 end
 
--- vd6_vol_unavailable KEYS: vol vols  ARGV: prefix vid
+-- vd7_vol_unavailable KEYS: vol vols  ARGV: prefix vid
 local function vol_unavailable(keys, args)
   local ch = checker()
   local _, vid = vol_args(keys, args, ch)
@@ -268,7 +269,7 @@ local function vol_unavailable(keys, args)
   return 'left'
 end
 
---[[ vd6_sweep KEYS: vols unstaffed  ARGV: prefix ttl_ms limit request_ttl_ms
+--[[ vd7_sweep KEYS: vols unstaffed  ARGV: prefix ttl_ms limit request_ttl_ms
 Removes up to limit volunteer records that no event refreshed for ttl_ms: out of their pool,
 record deleted. One who holds a task stays until it ends (a task timeout ends it at the latest)
 and is looked at again a ttl later, unless the request holding them has no record any more.
@@ -306,7 +307,7 @@ local function sweep(keys, args)
   return gone
 end
 
--- vd6_probe KEYS: probe  A write that tells the daemon Redis takes writes (and has this library).
+-- vd7_probe KEYS: probe  A write that tells the daemon Redis takes writes (and has this library).
 local function probe(keys, args)
   redis.call('SET', keys[1], '1', 'PX', 10000)
   return 'ok'
@@ -394,7 +395,7 @@ end
 --[[ Facts are the request's event log: one line per output-worthy change, "kind|vid|...",
 kept in f:<n>; n is the request's sequence, which every output of the fact carries. Those
 after `pub` are not known to have reached Kafka yet; every function returns them, so whoever
-runs next publishes them again (same event ids) until vd6_settle says they were acknowledged.
+runs next publishes them again (same event ids) until vd7_settle says they were acknowledged.
 Kinds: offered|vid|offer_id|attempt|deadline|note  confirmed|vid|offer_id|attempt|note
 withdrawn|vid|offer_id|why  unmatched|json  cancelled|vid (vid empty: nobody was held)
 completed|vid|all(0/1)  released|vid|why (a task past task_timeout_s) ]]
@@ -470,7 +471,7 @@ local function set_due(c, r, keep_lease)
   end
   if r.seq > r.pub then at(c.now + c.lease) end
   if t and t <= c.now and keep_lease then
-    -- Overdue, but an instance holds it under a lease (vd6_settle): leave it theirs.
+    -- Overdue, but an instance holds it under a lease (vd7_settle): leave it theirs.
     local cur = tonumber(redis.call('ZSCORE', c.due, c.rid))
     if cur and cur > c.now then t = cur end
   end
@@ -823,7 +824,7 @@ local RFIELDS = 16
 
 local claim_at_once -- (below, with the claim)
 
---[[ vd6_round KEYS: due pool  ARGV: settings, radius_start count max_points load_cost_m
+--[[ vd7_round KEYS: due pool  ARGV: settings, radius_start count max_points load_cost_m
 continuity_bonus_m at_once n, then n requests of RFIELDS: rid new lat lon rmax skills languages needed
 at_ms exp_ms time_ms rq need preferred resident cover (0, or the metres a widened search must
 cover).
@@ -835,13 +836,15 @@ nothing written). Every request that then has open places and offers left gets i
 edges (gather()) and is held under a lease while the daemon solves and claims.
 With at_once 1, a round of one request (a lone request: nobody's need weighs against
 another's) claims in the same call what the daemon's solve would choose, when that choice is
-certain (claim_at_once()): one call and one round trip instead of two.
+certain (claim_at_once()): one call and one round trip instead of two. A new request with
+nobody at all within its range ends unmatched in the round call (no_volunteer_in_range), as
+the claim would end it.
 Returns one entry per request: {tag, state, open, search, {facts}, radius, considered,
 {filtered name, count ...}, need, more, {edges: vid dist flag cost radius ...}, dense, seen,
 pool, made} (radius: the search's that found the volunteer; dense 1: the search was bounded by
 max_points; seen: every volunteer nearer was considered; pool: the volunteers in the pool;
 made: -1, or how many offers this call made when it claimed at once: then open, search and
-the facts are as vd6_claim returns them). ]]
+the facts are as vd7_claim returns them). ]]
 local function round(keys, args)
   local ch = checker()
   local st = settings(keys, args, ch)
@@ -913,7 +916,15 @@ local function round(keys, args)
       local made = -1
       if s == 1 then
         edges, radius, considered, filtered, more, dense, seen = gather(st, cache, q, r)
-        if at_once == 1 and n == 1 then
+        if tag == 'new' and #edges == 0 and considered == 0 then
+          -- Nobody at all within its range (an exhausted pool in a surge): a new request ends
+          -- here as the daemon's claim would end it, without a second call.
+          local doc = lua_unmatched(c, 'no_volunteer_in_range')
+          doc.radius_m = radius
+          end_unmatched(c, r, doc)
+          s, r.busy = 0, nil
+          list = facts(c, r, nil)
+        elseif at_once == 1 and n == 1 then
           made = claim_at_once(c, r, st, q, edges, considered, more, seen)
           if made >= 0 then
             s = resolve(c, r)
@@ -1026,7 +1037,7 @@ local function finish_unmatched(c, r, doc)
   end
 end
 
---[[ vd6_claim KEYS: due pool  ARGV: settings, n, then n blocks: rid lat lon rmax skills
+--[[ vd7_claim KEYS: due pool  ARGV: settings, n, then n blocks: rid lat lon rmax skills
 languages kind count, and count "vid note" pairs (kind 'offer') or one outcome document
 (kind 'finish', count 1).
 The second half of a matching round: the assignment the daemon solved, applied request by
@@ -1108,7 +1119,7 @@ local function claim(keys, args)
   return out
 end
 
---[[ vd6_respond KEYS: req due  ARGV: common, vid offer_id accept|decline
+--[[ vd7_respond KEYS: req due  ARGV: common, vid offer_id accept|decline
 The volunteer's answer to an offer. Accepted: confirmed. Declined: released, never offered
 this request again, and a search for the next one is due. An answer to no outstanding offer
 (wrong offer_id, another volunteer, past its deadline, already answered, an ended request)
@@ -1156,7 +1167,7 @@ local function respond(keys, args)
   return reply(c, r, why and 'ignored' or 'ok', s, list, nil, why or '')
 end
 
---[[ vd6_tick KEYS: req due  ARGV: common
+--[[ vd7_tick KEYS: req due  ARGV: common
 Run for a request taken from the due set: applies what time did (start, expiry, offer
 timeouts, task timeouts) and returns what is left to publish and whether to search. ]]
 local function tick(keys, args)
@@ -1175,7 +1186,7 @@ local function tick(keys, args)
   return reply(c, r, 'ok', s, list, nil)
 end
 
---[[ vd6_cancel KEYS: req due  ARGV: common
+--[[ vd7_cancel KEYS: req due  ARGV: common
 Cancels a request and releases every volunteer it holds or has an offer out to, back to their
 pool; a released assignment no longer counts toward the volunteer's daily cap. Facts:
 cancelled|vid per volunteer released, or one cancelled| when nobody was. A cancel that arrives
@@ -1208,7 +1219,7 @@ local function cancel(keys, args)
   return reply(c, r, 'ok', 0, list)
 end
 
---[[ vd6_assign KEYS: req due unstaffed  ARGV: common, vid coordinator_id event_id default_cap
+--[[ vd7_assign KEYS: req due unstaffed  ARGV: common, vid coordinator_id event_id default_cap
 A coordinator sends a named volunteer (vd.request.assign). Applied when the request still
 misses a volunteer (searching or offered with a place no offer covers, or ended unmatched or
 expired) and the volunteer is free: available, holding no task, of the request's pool (the
@@ -1292,7 +1303,7 @@ local function assign(keys, args)
   return reply(c, r, why and 'refused' or 'ok', s, list, nil, why or '')
 end
 
---[[ vd6_complete KEYS: req due  ARGV: common, vid continuity_s
+--[[ vd7_complete KEYS: req due  ARGV: common, vid continuity_s
 A volunteer finished their task: they return to the pool (if still available); fact
 completed|vid|all, all = 1 once every volunteer the request held has finished, and the request
 is then 'completed'. A completion seen again answers 'replay' with the completion facts; one
@@ -1340,7 +1351,7 @@ local function complete(keys, args)
   return reply(c, r, 'ok', 0, list)
 end
 
---[[ vd6_settle KEYS: due req...  ARGV: prefix lease_ms task_timeout_ms rid seq rid seq ...
+--[[ vd7_settle KEYS: due req...  ARGV: prefix lease_ms task_timeout_ms rid seq rid seq ...
 The facts up to seq of each request reached Kafka: they are not published again, and the
 request's due time drops back to its next deadline (or it leaves the due set). ]]
 local function settle(keys, args)
@@ -1374,7 +1385,7 @@ local function settle(keys, args)
   return #keys - 1
 end
 
---[[ vd6_due KEYS: due  ARGV: prefix lease_ms limit
+--[[ vd7_due KEYS: due  ARGV: prefix lease_ms limit
 Takes up to limit requests whose due time has come, and moves each a lease ahead: two
 instances never take the same request at once, and one that dies holding it only delays it
 by the lease. ]]
@@ -1416,7 +1427,7 @@ local function desk_request(p, rid, since)
   return e
 end
 
---[[ vd6_desk KEYS: unstaffed due  ARGV: prefix max_requests max_volunteers
+--[[ vd7_desk KEYS: unstaffed due  ARGV: prefix max_requests max_volunteers
 What the desk shows, as one JSON document: the requests a coordinator must staff (oldest
 first) and those being matched (searching or offered, from the due set), each with its place,
 service, priority, volunteers needed, held and offered, why unmatched, and the last
@@ -1454,7 +1465,7 @@ local function desk(keys, args)
                        unstaffed = redis.call('ZCARD', keys[1])})
 end
 
---[[ vd6_gauges KEYS: unstaffed due vols  ARGV: prefix
+--[[ vd7_gauges KEYS: unstaffed due vols  ARGV: prefix
 The city at a glance, for /metrics: {requests to staff, requests in the due set, volunteers
 with a record, then pool name, available ... for the city and each listed event}. ]]
 local function gauges(keys, args)
@@ -1471,7 +1482,7 @@ local function gauges(keys, args)
   return out
 end
 
---[[ vd6_near KEYS: req  ARGV: prefix rid count default_cap
+--[[ vd7_near KEYS: req  ARGV: prefix rid count default_cap
 The free volunteers nearest a request, in its pool (the city or its event), for a coordinator
 to choose from: up to count, searched within 2, 8, 32 and then 128 km, each with distance,
 skills, languages, team, tasks in the last 24 h, daily cap, and whether they have the skills
@@ -1516,20 +1527,20 @@ local function near(keys, args)
   return cjson.encode({request = rid, state = v[1], last = last, volunteers = out})
 end
 
-redis.register_function('vd6_vol_available', vol_available)
-redis.register_function('vd6_vol_location', vol_location)
-redis.register_function('vd6_vol_unavailable', vol_unavailable)
-redis.register_function('vd6_sweep', sweep)
-redis.register_function('vd6_probe', probe)
-redis.register_function('vd6_round', round)
-redis.register_function('vd6_claim', claim)
-redis.register_function('vd6_respond', respond)
-redis.register_function('vd6_tick', tick)
-redis.register_function('vd6_settle', settle)
-redis.register_function('vd6_due', due)
-redis.register_function('vd6_cancel', cancel)
-redis.register_function('vd6_complete', complete)
-redis.register_function('vd6_assign', assign)
-redis.register_function{function_name = 'vd6_desk', callback = desk, flags = {'no-writes'}}
-redis.register_function{function_name = 'vd6_near', callback = near, flags = {'no-writes'}}
-redis.register_function{function_name = 'vd6_gauges', callback = gauges, flags = {'no-writes'}}
+redis.register_function('vd7_vol_available', vol_available)
+redis.register_function('vd7_vol_location', vol_location)
+redis.register_function('vd7_vol_unavailable', vol_unavailable)
+redis.register_function('vd7_sweep', sweep)
+redis.register_function('vd7_probe', probe)
+redis.register_function('vd7_round', round)
+redis.register_function('vd7_claim', claim)
+redis.register_function('vd7_respond', respond)
+redis.register_function('vd7_tick', tick)
+redis.register_function('vd7_settle', settle)
+redis.register_function('vd7_due', due)
+redis.register_function('vd7_cancel', cancel)
+redis.register_function('vd7_complete', complete)
+redis.register_function('vd7_assign', assign)
+redis.register_function{function_name = 'vd7_desk', callback = desk, flags = {'no-writes'}}
+redis.register_function{function_name = 'vd7_near', callback = near, flags = {'no-writes'}}
+redis.register_function{function_name = 'vd7_gauges', callback = gauges, flags = {'no-writes'}}

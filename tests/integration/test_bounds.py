@@ -66,7 +66,7 @@ class Lib:
         return [P, rid, 604800, 5000, 5, self.timeout_ms, self.task_ms, want_rq, 5000]
 
     def settings(self):
-        """vd6_round's and vd6_claim's first arguments (ARGV settings)."""
+        """vd7_round's and vd7_claim's first arguments (ARGV settings)."""
         return [P, 604800, 5000, 5, self.timeout_ms, self.task_ms, 4, 5000]
 
     def call(self, name, keys, args):

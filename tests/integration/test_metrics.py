@@ -90,7 +90,7 @@ def test_scrape_has_what_rules_and_dashboard_use():
         assert 0 < m["vd_request_to_confirmed_seconds_sum"] < 30, m
         assert m["vd_offers_made_total"] == 0 and m["vd_rejected_total"] == 1, m
         info = [k for k in m if k.startswith("vdispatch_build_info")]
-        assert len(info) == 1 and 'library="vdispatch_6"' in info[0], info
+        assert len(info) == 1 and 'library="vdispatch_7"' in info[0], info
         assert m["process_resident_memory_bytes"] > 1e6 and m["process_open_fds"] > 5, m
         assert abs(m["process_start_time_seconds"] - time.time()) < 120, m
         assert m["process_cpu_seconds_total"] > 0, m

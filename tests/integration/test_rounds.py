@@ -17,7 +17,8 @@ Runs the real vdispatchd against the harness's redis-server and Kafka mock:
   test_round_of_one            a lone request is claimed in its round's own call (no claim
                                call) when its choice is certain, and goes through the solve,
                                a widening and a claim when a volunteer further out could still
-                               cost less
+                               cost less; a new request with nobody in range ends in its round
+                               call
 
     VD_BUILD=build VD_SOURCE=. python3 tests/integration/test_rounds.py [TEST_NAME ...]
 """
@@ -208,6 +209,15 @@ def test_round_of_one():
             assert got[0]["data"]["volunteer_id"] == "one-a", got
             assert abs(got[0]["data"]["distance_m"] - 100) < 2, got
             assert used == want, (cands, used)
+            # Nobody within 5 km of a new request: it ends in its round call, no claim.
+            before = calls_by_kind(d)
+            env.send("requests", [vdtest.request_created("one-far", *vdtest.offset_m(*place(0), 20000, 0),
+                                                         service="legal_aid")])
+            far = wait_events(env, "assignments", "vd.request.unmatched", count=1, request_id="one-far")
+            used = {k: v - before[k] for k, v in calls_by_kind(d).items()}
+            assert far[0]["data"]["reason"] == "no_volunteer_in_range", far
+            assert far[0]["data"]["radius_m"] == 5000 and far[0]["data"]["service"] == "legal_aid", far
+            assert used == {"round": 1, "widen": 0, "claim": 0}, used
             no_dead_letters(env)
 
 

@@ -30,7 +30,7 @@ static const struct reply_case cases[] = {
     {"CLUSTERDOWN The cluster is down", VD_REPLY_OUTAGE, VD_CODE_CLUSTERDOWN},
     {"ASK 11694 127.0.0.1:17012", VD_REPLY_OUTAGE, VD_CODE_ASK},
     /* A redis.call() inside a Function keeps the code word first. */
-    {"OOM command not allowed when used memory > 'maxmemory'. script: vd6_claim, on "
+    {"OOM command not allowed when used memory > 'maxmemory'. script: vd7_claim, on "
      "@user_function:12.", VD_REPLY_OUTAGE, VD_CODE_OOM},
     {"ERR Script killed by user with SCRIPT KILL... script: x, on @user_function:10.",
      VD_REPLY_OUTAGE, VD_CODE_BUSY},
