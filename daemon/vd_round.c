@@ -769,14 +769,15 @@ static void on_gathered(struct vd_redis *rc, redisReply *reply, void *arg) {
     struct vd_round *r = arg;
     (void)rc;
     if (!gather_reply_ok(r, reply, r->n, r->jobs, r->n)) return;
+    /* Nobody in the pool (a surge used it up; every entry carries the pool's size): this
+     * round's claim takes nobody, so the next round need not wait for it, nor for this
+     * reply's outcomes to be published: Redis runs it meanwhile. */
+    if (r->n && num(reply->element[0], 13) == 0) let_next_start(r);
     take_rows(r, r->jobs, r->n, reply, 1);
     if (!r->nrows) { /* nothing to solve: every request ended, or was claimed at once */
         round_done(r);
         return;
     }
-    /* Nobody in the pool (a surge used it up): this round's claim takes nobody, so the next
-     * round need not wait for it. */
-    if (r->nrows && r->pool_size == 0) let_next_start(r);
     assign(r);
 }
 
