@@ -108,9 +108,7 @@ def test_rounds_grow_under_load():
         m = metrics(d)
         rounds = m["vd_rounds_total"] - m0["vd_rounds_total"]
         calls = m["vd_redis_calls_total"] - m0["vd_redis_calls_total"]
-        by_kind = {k: m['vd_redis_calls_by_kind_total{kind="%s"}' % k] -
-                   m0['vd_redis_calls_by_kind_total{kind="%s"}' % k]
-                   for k in ("step", "round", "widen", "claim", "settle", "due", "sweep")}
+        by_kind = calls_between(m0, m, ("step", "round", "widen", "claim", "settle", "due", "sweep"))
         vdtest.log("300 requests in %d rounds, %d Redis calls (%.2f per request, settles included): %s"
                    % (rounds, calls, calls / 300.0, by_kind))
         assert rounds < 150, "rounds did not grow: %d rounds for 300 requests" % rounds
@@ -171,9 +169,10 @@ def test_open_place_nudged():
         no_dead_letters(env)
 
 
-def calls_by_kind(d):
-    m = metrics(d)
-    return {k: m['vd_redis_calls_by_kind_total{kind="%s"}' % k] for k in ("round", "widen", "claim")}
+def calls_between(m0, m, kinds=("round", "widen", "claim")):
+    """Redis calls by kind between two scrapes of /metrics."""
+    return {k: m['vd_redis_calls_by_kind_total{kind="%s"}' % k] -
+            m0['vd_redis_calls_by_kind_total{kind="%s"}' % k] for k in kinds}
 
 
 def load_up(env, vid, pos, tasks, tag):
@@ -199,22 +198,21 @@ def test_round_of_one():
             load_up(env, "one-a", place(0, 100, 0), 2, "one-la")
             add_volunteers(env, [("one-b", place(0, -300, 0), {})])
             load_up(env, "one-b", place(0, -300, 0), 1, "one-lb")
-            before = calls_by_kind(d)
+            before = metrics(d)
             env.send("requests", [vdtest.request_created("one-r", *place(0))])
             got = wait_events(env, "assignments", "vd.assignment.confirmed", count=1,
                               request_id="one-r")
-            after = calls_by_kind(d)
-            used = {k: after[k] - before[k] for k in after}
+            used = calls_between(before, metrics(d))
             vdtest.log("candidates %d: %s, calls %s" % (cands, got[0]["data"]["volunteer_id"], used))
             assert got[0]["data"]["volunteer_id"] == "one-a", got
             assert abs(got[0]["data"]["distance_m"] - 100) < 2, got
             assert used == want, (cands, used)
             # Nobody within 5 km of a new request: it ends in its round call, no claim.
-            before = calls_by_kind(d)
+            before = metrics(d)
             env.send("requests", [vdtest.request_created("one-far", *vdtest.offset_m(*place(0), 20000, 0),
                                                          service="legal_aid")])
             far = wait_events(env, "assignments", "vd.request.unmatched", count=1, request_id="one-far")
-            used = {k: v - before[k] for k, v in calls_by_kind(d).items()}
+            used = calls_between(before, metrics(d))
             assert far[0]["data"]["reason"] == "no_volunteer_in_range", far
             assert far[0]["data"]["radius_m"] == 5000 and far[0]["data"]["service"] == "legal_aid", far
             assert used == {"round": 1, "widen": 0, "claim": 0}, used
