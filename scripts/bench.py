@@ -245,6 +245,14 @@ def thread_delta(a, b):
     return [(n, c) for n, c in by.most_common() if c > 0]
 
 
+def machine_cpu():
+    """(busy, total) jiffies of all cores together, from /proc/stat (idle and iowait are not
+    busy)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return sum(v) - v[3] - v[4], sum(v)
+
+
 def loadavg():
     with open("/proc/loadavg") as f:
         return " ".join(f.read().split()[:3])
@@ -832,12 +840,16 @@ def drive(label, a, req_topic, out_topic, paced_bin, paced_keys, burst_bin, burs
             die("%s: %d of %d paced requests have an outcome after %.0f s"
                 % (label, len([k for k in paced_keys if k in col.outcome]), len(paced_keys), a.timeout))
         res["paced"], _ = col.figures(paced_keys)
-        cpu0 = {n: cpu_s(p) for n, p in pids.items()}
+        # Who else takes the machine's cores meanwhile: the Kafka mock and the collector.
+        pids = dict(pids, **{"Kafka mock": a.mock_pid, "collector": col.p.pid})
+        cpu0, mach0, t0 = {n: cpu_s(p) for n, p in pids.items()}, machine_cpu(), time.monotonic()
         produce(a.build, a.brokers, req_topic, burst_bin)
         if not wait_for(lambda: col.have(burst_keys), a.timeout, 0.2):
             die("%s: %d of %d burst requests have an outcome after %.0f s"
                 % (label, len([k for k in burst_keys if k in col.outcome]), len(burst_keys), a.timeout))
-        cpu1 = {n: cpu_s(p) for n, p in pids.items()}
+        cpu1, mach1, t1 = {n: cpu_s(p) for n, p in pids.items()}, machine_cpu(), time.monotonic()
+        res["wall"] = t1 - t0
+        res["machine"] = (mach1[0] - mach0[0]) / max(mach1[1] - mach0[1], 1)
         res["burst"], res["span"] = col.figures(burst_keys)
         res["rate"] = len(burst_keys) / res["span"]
         res["cpu"] = {n: cpu1[n] - cpu0[n] for n in pids if cpu0[n] is not None and cpu1[n] is not None}
@@ -1293,6 +1305,16 @@ def report(a, rows):
     print("  Redis commandstats over paced + burst: %s" % ", ".join(
         "%s %d calls %.0f µs each" % (c, v[0], v[1] / max(v[0], 1)) for c, v in sorted(cs.items()) if v[0] >= 10))
     print("  peak RSS %.1f MiB during the run (VmHWM since start %.1f MiB)" % (d["rss_kib"] / 1024, d["hwm_kib"] / 1024))
+    # The raw limit has Redis alone on the machine; every other row shares its cores with
+    # Kafka: how much of them each process took tells which one the burst waited for.
+    print("cores taken during the burst (of %d):" % (os.cpu_count() or 1))
+    if raw:
+        print("  raw Functions' replay: redis-server %.2f" % (raw["redis_cpu"] / max(raw["wall"], 1e-9)))
+    for label, r in (("Kafka path", k), ("vdispatchd", d), ("Python worker", py)):
+        if r and r.get("wall"):
+            print("  %s: %s; the machine %.2f" % (label, ", ".join(
+                "%s %.2f" % (nm, c / r["wall"]) for nm, c in sorted(r["cpu"].items(), key=lambda kv: -kv[1])),
+                r["machine"] * (os.cpu_count() or 1)))
     if raw:
         print("raw Functions: %d calls replayed (%s), %d error replies" % (
             raw["calls"], ", ".join("%s %d" % kv for kv in raw["by_fn"].most_common()), raw["errors"]))
