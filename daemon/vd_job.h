@@ -49,7 +49,9 @@ struct vd_pool {
     char event_id[VD_ID_MAX + 1]; /* "" = the city */
     struct vd_job *head, *tail;   /* waiting for the next round */
     int nwaiting;
-    struct vd_round *round;       /* the round in flight, or NULL */
+    struct vd_round *round;       /* the round the next one waits for, or NULL */
+    int searching;                /* round calls sent and not yet answered */
+    int empty;                    /* the last answer found nobody in the pool */
     struct vd_pool *next;
 };
 

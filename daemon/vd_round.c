@@ -4,7 +4,8 @@
  * decline or a timeout) joins its pool's next round. A round starts when the previous one of
  * its pool has sent its claim (the two calls are ordered on the one connection: the next round
  * sees what the claim took, while the daemon publishes the previous round's outcomes; when
- * the previous round found its pool empty, as soon as its search came back) and
+ * the previous round found its pool empty, as soon as its search came back, and while the
+ * pool stays empty, two rounds' calls may be in Redis at once) and
  * matching.batch_window_ms has passed since its oldest request joined
  * (0: at once, so a lone request is matched without waiting and rounds grow by themselves
  * under load); a round holding an urgent request waits matching.urgent_window_ms at most. A
@@ -204,12 +205,15 @@ void vd_round_kick(struct vd_dispatch *d) {
     uint64_t now = uv_now(d->loop), next = 0;
     if (d->stopping) return;
     for (struct vd_pool *p = d->pools; p; p = p->next) {
-        if (p->round || !p->head || d->stopping) continue;
-        uint64_t at = due_at(d, p);
-        if (at <= now) {
-            if (vd_redis_is_ready(d->redis)) start_round(d, p);
-        } else if (!next || at < next) {
-            next = at;
+        /* More than one round when the pool is empty (start_round()). */
+        while (!p->round && p->head && !d->stopping) {
+            uint64_t at = due_at(d, p);
+            if (at > now) {
+                if (!next || at < next) next = at;
+                break;
+            }
+            if (!vd_redis_is_ready(d->redis)) break;
+            start_round(d, p);
         }
     }
     if (!d->round_timer_inited) {
@@ -394,8 +398,8 @@ static void request_args(struct vd_job *j, struct argv *a) {
 static void on_gathered(struct vd_redis *rc, redisReply *reply, void *arg);
 
 /* Sends vd7_round for jobs[0..n): count candidates each; cb gets the reply. On a synchronous
- * failure the jobs wait for Redis and the round ends. */
-static void gather(struct vd_round *r, struct vd_job **jobs, int n, int count, vd_redis_cb *cb) {
+ * failure the jobs wait for Redis and the round ends (freed): returns -1. */
+static int gather(struct vd_round *r, struct vd_job **jobs, int n, int count, vd_redis_cb *cb) {
     struct vd_dispatch *d = r->d;
     const struct vd_config *cfg = d->cfg;
     struct argv a = {0};
@@ -413,13 +417,16 @@ static void gather(struct vd_round *r, struct vd_job **jobs, int n, int count, v
     const char **argv = argv_ready(&a);
     d->stats.redis_calls++;
     d->stats.calls[cb == on_gathered ? VD_CALL_ROUND : VD_CALL_WIDEN]++;
+    if (cb == on_gathered) r->pool->searching++;
     if (!argv || vd_redis_command(d->redis, cb, r, a.n, argv, a.len) < 0) {
         argv_free(&a);
+        if (cb == on_gathered) r->pool->searching--;
         round_failed(r, r->rows ? r->rows : r->jobs, r->rows ? r->nrows : r->n, NULL);
         round_done(r);
-        return;
+        return -1;
     }
     argv_free(&a);
+    return 0;
 }
 
 static void start_round(struct vd_dispatch *d, struct vd_pool *p) {
@@ -444,7 +451,14 @@ static void start_round(struct vd_dispatch *d, struct vd_pool *p) {
         r->jobs[i]->stage = VD_STAGE_REDIS;
         r->jobs[i]->cover_m = 0;
     }
-    gather(r, r->jobs, r->n, cfg->candidates, on_gathered);
+    if (gather(r, r->jobs, r->n, cfg->candidates, on_gathered) < 0) return;
+    /* The pool was empty at the last answer: this round will most likely end its requests
+     * unmatched in its own call, so the next need not wait for its answer. Two round calls
+     * queue in Redis, which runs the next while the daemon publishes this one's outcomes (a
+     * surge that used the pool up ends at Redis's pace, not one round trip after another).
+     * Should a volunteer join meanwhile, both rounds may choose them: the claims check again
+     * in Redis, and the one that lost joins the next round. */
+    if (p->empty && p->searching < 2 && p->round == r) p->round = NULL;
 }
 
 /* ---- after vd7_round: the edges, the solve ---- */
@@ -768,11 +782,13 @@ static int gather_reply_ok(struct vd_round *r, const redisReply *reply, int n, s
 static void on_gathered(struct vd_redis *rc, redisReply *reply, void *arg) {
     struct vd_round *r = arg;
     (void)rc;
+    r->pool->searching--;
     if (!gather_reply_ok(r, reply, r->n, r->jobs, r->n)) return;
     /* Nobody in the pool (a surge used it up; every entry carries the pool's size): this
      * round's claim takes nobody, so the next round need not wait for it, nor for this
      * reply's outcomes to be published: Redis runs it meanwhile. */
-    if (r->n && num(reply->element[0], 13) == 0) let_next_start(r);
+    r->pool->empty = r->n && num(reply->element[0], 13) == 0;
+    if (r->pool->empty) let_next_start(r);
     take_rows(r, r->jobs, r->n, reply, 1);
     if (!r->nrows) { /* nothing to solve: every request ended, or was claimed at once */
         round_done(r);

@@ -19,6 +19,9 @@ Runs the real vdispatchd against the harness's redis-server and Kafka mock:
                                a widening and a claim when a volunteer further out could still
                                cost less; a new request with nobody in range ends in its round
                                call
+  test_empty_pool_surge        600 requests into an empty pool, with volunteers joining halfway
+                               (the pool's rounds overlap while it is empty): every request has
+                               one outcome, each volunteer is confirmed once
 
     VD_BUILD=build VD_SOURCE=. python3 tests/integration/test_rounds.py [TEST_NAME ...]
 """
@@ -31,7 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import vdtest  # noqa: E402
 from test_faults import check_outcomes  # noqa: E402
 from test_lifecycle import (add_volunteers, confirm, no_dead_letters, place, pooled,  # noqa: E402
-                            start, wait_events, wait_metric)
+                            start, vol, wait_events, wait_metric)
 from test_ops import wait_all_outcomes  # noqa: E402
 from vdtest import metrics  # noqa: E402
 
@@ -217,6 +220,38 @@ def test_round_of_one():
             assert far[0]["data"]["radius_m"] == 5000 and far[0]["data"]["service"] == "legal_aid", far
             assert used == {"round": 1, "widen": 0, "claim": 0}, used
             no_dead_letters(env)
+
+
+def test_empty_pool_surge():
+    # An empty pool's rounds end their requests in their own calls, so the daemon sends the
+    # next round before the last one's answer is back. Five volunteers join after the first
+    # 300 requests: the 300 after them, and any of the first still in a round, may all choose
+    # them at once; the claims check again in Redis, so each is confirmed exactly once.
+    with vdtest.Env() as env:
+        d = start(env, **{"matching.offer_timeout_ms": 0})
+        env.send("requests", [vdtest.request_created("es-first", *place(0))])
+        wait_events(env, "assignments", "vd.request.unmatched", count=1, request_id="es-first")
+        m0 = metrics(d)
+        reqs = [vdtest.request_created("es-r%03d" % i, *place(0, 30 * (i // 20), 30 * (i % 20)))
+                for i in range(600)]
+        env.send("requests", reqs[:300])
+        vols = ["es-v%d" % i for i in range(5)]
+        add_volunteers(env, [(v, place(0, 100 * i, 0), {}) for i, v in enumerate(vols)])
+        env.send("requests", reqs[300:])
+        rids = [e["data"]["request_id"] for e in reqs]
+        wait_all_outcomes(env, rids)
+        _, chosen = check_outcomes(env, rids + ["es-first"])
+        served = {e["data"]["volunteer_id"]: r for r, e in chosen.items()
+                  if e["type"] == "vd.assignment.confirmed"}
+        m = metrics(d)
+        vdtest.log("600 requests: %d served (%s), %d rounds, calls %s" % (
+            len(served), sorted(served), m["vd_rounds_total"] - m0["vd_rounds_total"],
+            calls_between(m0, m)))
+        assert sorted(served) == vols, served
+        for v, r in served.items():
+            assert vol(env, v, "task") == r, (v, r)
+        assert all(e["type"] == "vd.request.unmatched" for r, e in chosen.items() if r not in served.values())
+        no_dead_letters(env)
 
 
 if __name__ == "__main__":
