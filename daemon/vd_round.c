@@ -56,6 +56,7 @@ struct vd_round {
     int nwide;
     int widenings;           /* how many times the losers' candidates were widened */
     long long pool_size;     /* volunteers in the pool, as the last call saw it */
+    int gathering;           /* its round call is not answered yet */
     struct vd_job **claimed; /* the jobs in the claim call, in its order */
     int nclaimed;
 };
@@ -451,6 +452,7 @@ static void start_round(struct vd_dispatch *d, struct vd_pool *p) {
         r->jobs[i]->stage = VD_STAGE_REDIS;
         r->jobs[i]->cover_m = 0;
     }
+    r->gathering = 1;
     if (gather(r, r->jobs, r->n, cfg->candidates, on_gathered) < 0) return;
     /* The pool was empty at the last answer: this round will most likely end its requests
      * unmatched in its own call, so the next need not wait for its answer. Two round calls
@@ -782,13 +784,18 @@ static int gather_reply_ok(struct vd_round *r, const redisReply *reply, int n, s
 static void on_gathered(struct vd_redis *rc, redisReply *reply, void *arg) {
     struct vd_round *r = arg;
     (void)rc;
-    r->pool->searching--;
+    struct vd_pool *p = r->pool;
+    p->searching--;
+    r->gathering = 0;
     if (!gather_reply_ok(r, reply, r->n, r->jobs, r->n)) return;
     /* Nobody in the pool (a surge used it up; every entry carries the pool's size): this
      * round's claim takes nobody, so the next round need not wait for it, nor for this
-     * reply's outcomes to be published: Redis runs it meanwhile. */
-    r->pool->empty = r->n && num(reply->element[0], 13) == 0;
-    if (r->pool->empty) let_next_start(r);
+     * reply's outcomes to be published: Redis runs it meanwhile. A round sent after this one
+     * and not answered yet holds the pool only because two were in Redis (start_round()):
+     * one more may go now. */
+    p->empty = r->n && num(reply->element[0], 13) == 0;
+    if (p->empty && p->round && p->round != r && p->round->gathering) p->round = NULL;
+    if (p->empty) let_next_start(r);
     take_rows(r, r->jobs, r->n, reply, 1);
     if (!r->nrows) { /* nothing to solve: every request ended, or was claimed at once */
         round_done(r);
