@@ -790,9 +790,10 @@ static void on_gathered(struct vd_redis *rc, redisReply *reply, void *arg) {
     if (!gather_reply_ok(r, reply, r->n, r->jobs, r->n)) return;
     /* Nobody in the pool (a surge used it up; every entry carries the pool's size): this
      * round's claim takes nobody, so the next round need not wait for it, nor for this
-     * reply's outcomes to be published: Redis runs it meanwhile. A round sent after this one
-     * and not answered yet holds the pool only because two were in Redis (start_round()):
-     * one more may go now. */
+     * reply's outcomes to be published: Redis runs it meanwhile. Nor need a round sent
+     * after this one and not answered yet (it holds the pool because two were in Redis, see
+     * start_round(), or because an older answer still showed volunteers): one more may go
+     * now, and two are in Redis again at most. */
     p->empty = r->n && num(reply->element[0], 13) == 0;
     if (p->empty && p->round && p->round != r && p->round->gathering) p->round = NULL;
     if (p->empty) let_next_start(r);
