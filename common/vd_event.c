@@ -23,6 +23,7 @@
  *   9999-12-31T23:59:59.999Z only (also after applying the offset), so that whatever it
  *   accepts, vd_time_format() writes back in a form it accepts again. */
 #include "vd_event.h"
+#include "vd_json.h"
 
 #include <ctype.h>
 #include <math.h>
@@ -807,18 +808,20 @@ out:
 
 /* ---- Encoding -------------------------------------------------------------------------- */
 
-/* json_dumps() without its growing buffer: most events fit the stack buffer, and the result
- * is allocated once, at its size. */
-static char *dump(const json_t *json, size_t flags) {
-    char buf[4096];
-    size_t n = json_dumpb(json, buf, sizeof buf, flags);
-    if (n == 0) return NULL;
-    if (n > sizeof buf) return json_dumps(json, flags);
-    char *out = malloc(n + 1);
-    if (!out) return NULL;
-    memcpy(out, buf, n);
-    out[n] = '\0';
-    return out;
+/* Whether s is all UTF-8, as jansson requires of a string (json_string() checks it). */
+static int utf8_text(const char *s) {
+    const unsigned char *p = (const unsigned char *)s;
+    while (*p) {
+        int n = utf8_seq_len(p);
+        if (!n) return 0;
+        p += n;
+    }
+    return 1;
+}
+
+static void attr(struct vd_json_out *o, const char *name, const char *value) {
+    vd_json_raw(o, name, strlen(name));
+    vd_json_string(o, value, strlen(value));
 }
 
 char *vd_event_encode(const char *type, const char *id, int64_t time_ms, long long sequence,
@@ -826,37 +829,34 @@ char *vd_event_encode(const char *type, const char *id, int64_t time_ms, long lo
     return vd_event_encode_from("vdispatchd", type, id, time_ms, sequence, data);
 }
 
+/* The envelope is written as text around data's (vd_json), in the order the members always
+ * had: building it as a jansson object first would cost an allocation per attribute. */
 char *vd_event_encode_from(const char *source, const char *type, const char *id, int64_t time_ms,
                            long long sequence, json_t *data) {
     char ts[32], seq[24];
     char *out = NULL;
-    json_t *ev = NULL;
-    int rc;
+    struct vd_json_out o;
 
     if (!source || !type || !id || !data) goto out;
-    ev = json_object();
-    if (!ev) goto out;
+    if (!utf8_text(source) || !utf8_text(type) || !utf8_text(id)) goto out;
     vd_time_format(time_ms, ts, sizeof ts);
-    if (json_object_set_new(ev, "specversion", json_string("1.0")) < 0 ||
-        json_object_set_new(ev, "type", json_string(type)) < 0 ||
-        json_object_set_new(ev, "source", json_string(source)) < 0 ||
-        json_object_set_new(ev, "id", json_string(id)) < 0 ||
-        json_object_set_new(ev, "time", json_string(ts)) < 0 ||
-        json_object_set_new(ev, "datacontenttype", json_string("application/json")) < 0)
-        goto out;
+    vd_json_begin(&o);
+    attr(&o, "{\"specversion\":\"1.0\",\"type\":", type);
+    attr(&o, ",\"source\":", source);
+    attr(&o, ",\"id\":", id);
+    attr(&o, ",\"time\":", ts);
+    vd_json_raw(&o, ",\"datacontenttype\":\"application/json\"", 37);
     if (sequence > 0) {
         snprintf(seq, sizeof seq, "%0*lld", VD_SEQUENCE_DIGITS, sequence);
-        if (json_object_set_new(ev, "sequence", json_string(seq)) < 0) goto out;
+        attr(&o, ",\"sequence\":", seq);
     }
-    /* set_new steals data even when it fails. */
-    rc = json_object_set_new(ev, "data", data);
-    data = NULL;
-    if (rc < 0) goto out;
-    out = dump(ev, JSON_COMPACT | JSON_REAL_PRECISION(12));
+    vd_json_raw(&o, ",\"data\":", 8);
+    vd_json_value(&o, data, 12);
+    vd_json_raw(&o, "}", 1);
+    out = vd_json_end(&o, NULL);
 
 out:
     json_decref(data);
-    json_decref(ev);
     return out;
 }
 

@@ -38,6 +38,7 @@
 #include "vd_assign.h"
 #include "vd_config.h"
 #include "vd_job.h"
+#include "vd_json.h"
 #include "vd_log.h"
 #include "vd_lua.h"
 #include "vd_redis.h"
@@ -657,7 +658,7 @@ static char *unmatched_doc(struct vd_job *j, enum vd_unmatched_reason reason) {
                              "filtered", filtered, "volunteers_needed", ev->volunteers_needed,
                              "volunteers_missing", j->open, "priority", vd_priority_name(ev->priority));
     if (ev->service[0]) json_object_set_new(data, "service", json_string(ev->service));
-    char *doc = json_dumps(data, JSON_COMPACT);
+    char *doc = vd_json_dumps(data, 0);
     json_decref(data);
     if (!doc) abort();
     return doc;

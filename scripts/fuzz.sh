@@ -9,7 +9,7 @@ seconds=${1:-60}
 work=${VD_FUZZ_DIR:-build/fuzz}
 mkdir -p "$work/corpus"
 clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-  -Icommon tests/fuzz/fuzz_event.c common/vd_event.c \
+  -Icommon tests/fuzz/fuzz_event.c common/vd_event.c common/vd_json.c \
   $(pkg-config --cflags --libs jansson) -lm -o "$work/fuzz_event"
 cp -n tests/data/events/valid/*.json tests/data/events/invalid/*.json "$work/corpus/" 2>/dev/null || true
 echo "== fuzz the event decoder for ${seconds} s"

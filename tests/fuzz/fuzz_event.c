@@ -4,12 +4,15 @@
  * Besides crashes, leaks and undefined behaviour (caught by the sanitizers), it traps when a
  * result breaks the decoder's promises: an error that is empty, not one printable UTF-8 line
  * or not "<field>: <text>"; an accepted event whose IDs, ranges or counts are out of bounds;
- * a timestamp that does not survive format -> parse. Build and run: see README.md here. */
+ * a timestamp that does not survive format -> parse. And it holds the JSON writer the
+ * outputs are encoded with (vd_json) to jansson's own json_dumps(): whatever the bytes parse
+ * to, both must write the same text. Build and run: see README.md here. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "vd_event.h"
+#include "vd_json.h"
 
 #define check(cond)                                                                            \
     do {                                                                                       \
@@ -91,6 +94,45 @@ static void check_event(const struct vd_event *ev, enum vd_topic_kind topic) {
     }
 }
 
+static int depth(const json_t *v) {
+    int most = 0;
+    if (json_is_array(v)) {
+        for (size_t i = 0; i < json_array_size(v); i++) {
+            int d = depth(json_array_get(v, i));
+            if (d > most) most = d;
+        }
+        return most + 1;
+    }
+    if (json_is_object(v)) {
+        const char *key;
+        json_t *child;
+        json_object_foreach((json_t *)v, key, child) {
+            int d = depth(child);
+            if (d > most) most = d;
+        }
+        return most + 1;
+    }
+    return 0;
+}
+
+/* vd_json writes what json_dumps() writes, or refuses a value nested too deep: for the bytes
+ * parsed as JSON, and for the bytes as one string (when they are UTF-8). */
+static void check_writer(const uint8_t *data, size_t size, int as_string) {
+    json_t *v = as_string ? json_stringn((const char *)data, size)
+                          : json_loadb((const char *)data, size, JSON_DECODE_ANY | JSON_ALLOW_NUL,
+                                       NULL);
+    if (!v) return;
+    for (int precision = 0; precision <= 12; precision += 12) {
+        char *want = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY | JSON_REAL_PRECISION(precision));
+        char *got = vd_json_dumps(v, precision);
+        if (got) check(want && strcmp(got, want) == 0);
+        else check(depth(v) > VD_JSON_MAX_DEPTH);
+        free(want);
+        free(got);
+    }
+    json_decref(v);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     struct vd_event ev;
     char err[512];
@@ -138,6 +180,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     check(memchr(err, '\0', sizeof err) != NULL);
     if (rc == 0) check_event(&ev, VD_TOPIC_REQUESTS);
     else check(err[0] != '\0' && printable_utf8(err));
+
+    check_writer(data, size, 0);
+    check_writer(data, size, 1);
 
     /* The same bytes as a timestamp (and as an ID). */
     char *s = malloc(size + 1);
