@@ -157,7 +157,7 @@ static const struct key_def keys[] = {
     ENUM("log", "format", log_format, "json", &format_enum),
     STR("log", "file", log_file, "", 0, NULL),
 
-    INT("daemon", "max_inflight", max_inflight, "1000", 1, 1000000),
+    INT("daemon", "max_inflight", max_inflight, "700", 1, 1000000),
     INT("daemon", "shutdown_timeout_ms", shutdown_timeout_ms, "8000", 100, 60000),
     INT("daemon", "partition_concurrency", partition_concurrency, "16", 1, 256),
 };

@@ -493,7 +493,7 @@ def deadline_run(env, label, config, n):
     expired = 'vd_unmatched_total{reason="expired"}'
     assert m[expired] < n, "%s: the burst was over before the deadline: not a test under load" % label
     wait_metric(env, d, expired, n, timeout=300 * SCALE)
-    assert m["vd_inputs_in_memory_max"] <= cfg.get("daemon.max_inflight", 1000), m
+    assert m["vd_inputs_in_memory_max"] <= cfg.get("daemon.max_inflight", 700), m
     return d, seen, m
 
 

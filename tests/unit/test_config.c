@@ -85,7 +85,7 @@ static void test_defaults(void **state) {
     assert_int_equal(cfg.log_level, VD_LOG_INFO);
     assert_int_equal(cfg.log_format, VD_LOG_FORMAT_JSON);
     assert_string_equal(cfg.log_file, "");
-    assert_int_equal(cfg.max_inflight, 1000);
+    assert_int_equal(cfg.max_inflight, 700);
     assert_int_equal(cfg.shutdown_timeout_ms, 8000);
     assert_int_equal(cfg.partition_concurrency, 16);
     if (vd_config_validate(&cfg, err, sizeof(err)) != 0) fail_msg("defaults invalid: %s", err);
