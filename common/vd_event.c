@@ -819,6 +819,9 @@ static int utf8_text(const char *s) {
     return 1;
 }
 
+/* A string literal's JSON syntax, as it is. */
+#define RAW(o, lit) vd_json_raw((o), (lit), sizeof(lit) - 1)
+
 static void attr(struct vd_json_out *o, const char *name, const char *value) {
     vd_json_raw(o, name, strlen(name));
     vd_json_string(o, value, strlen(value));
@@ -845,14 +848,14 @@ char *vd_event_encode_from(const char *source, const char *type, const char *id,
     attr(&o, ",\"source\":", source);
     attr(&o, ",\"id\":", id);
     attr(&o, ",\"time\":", ts);
-    vd_json_raw(&o, ",\"datacontenttype\":\"application/json\"", 37);
+    RAW(&o, ",\"datacontenttype\":\"application/json\"");
     if (sequence > 0) {
         snprintf(seq, sizeof seq, "%0*lld", VD_SEQUENCE_DIGITS, sequence);
         attr(&o, ",\"sequence\":", seq);
     }
-    vd_json_raw(&o, ",\"data\":", 8);
+    RAW(&o, ",\"data\":");
     vd_json_value(&o, data, 12);
-    vd_json_raw(&o, "}", 1);
+    RAW(&o, "}");
     out = vd_json_end(&o, NULL);
 
 out:

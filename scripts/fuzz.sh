@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Builds the libFuzzer target of the event decoder (tests/fuzz/fuzz_event.c) with clang and
-# runs it for a while on a corpus seeded from tests/data/events. A crash, leak, sanitizer
-# report or broken decoder promise fails the run and leaves crash-* files in the corpus dir.
+# Builds the libFuzzer target of the event decoder and the JSON writer (tests/fuzz/fuzz_event.c)
+# with clang and runs it for a while on a corpus seeded from tests/data/events. A crash, leak,
+# sanitizer report or broken promise fails the run and leaves crash-* files in the corpus dir.
 # Usage: scripts/fuzz.sh [SECONDS]        (default 60; needs clang and libclang-rt-14-dev)
 set -euo pipefail
 cd "$(dirname "$0")/.."
