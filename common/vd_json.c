@@ -3,6 +3,7 @@
 #include "vd_json.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +19,10 @@ void vd_json_begin(struct vd_json_out *o) {
 static int reserve(struct vd_json_out *o, size_t n) {
     if (o->failed) return -1;
     if (o->len + n < o->cap) return 0;
+    if (n > SIZE_MAX / 4 - o->len) { /* the doubling below could not reach it */
+        o->failed = 1;
+        return -1;
+    }
     size_t cap = o->cap * 2;
     while (o->len + n >= cap) cap *= 2;
     char *p;
