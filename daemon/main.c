@@ -301,6 +301,9 @@ static void http_metrics(void *arg, struct vd_metrics_buf *out) {
     vd_metrics_gauge(out, "vd_redis_up", "1 when Redis is connected and ready.",
                      vd_redis_is_ready(s->redis));
     vd_metrics_counter(out, "vd_produced_total", "Output messages produced.", ks->produced);
+    vd_metrics_counter(out, "vd_produced_prompt_total",
+                       "Of those, produced without a linger, through the prompt producer (they came alone).",
+                       ks->produced_prompt);
     vd_metrics_counter(out, "vd_delivered_total", "Output messages acknowledged by Kafka.", ks->delivered);
     vd_metrics_counter(out, "vd_delivery_retries_total", "Outputs produced again after a failure.",
                        ks->delivery_retries);

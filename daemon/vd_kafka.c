@@ -5,7 +5,11 @@
  *   shutdown steps (commit, consumer close, final flush) block, and they are bounded.
  * - The consumer's main queue is redirected to its consumer queue (rd_kafka_poll_set_consumer)
  *   so rebalances, errors and messages all arrive through rd_kafka_consumer_poll().
- * - Delivery reports run inside rd_kafka_poll() on the producer, on the loop thread. A failed
+ * - Two idempotent producers share the outputs: the batching one (linger.ms, 5 ms by default)
+ *   while outputs flow, the prompt one (linger.ms=0) for an output that comes alone, so a
+ *   lone request's outcome leaves at once and a burst's still goes out in batches. vd_lanes
+ *   chooses, and never puts one key's outputs in both at once, which keeps their order.
+ * - Delivery reports run inside rd_kafka_poll() on the producers, on the loop thread. A failed
  *   delivery is copied into the retry list and produced again from the safety timer, so a
  *   broker outage delays outputs but never loses them; the input that caused them stays
  *   uncommitted meanwhile.
@@ -18,6 +22,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <time.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +32,7 @@
 #include <sys/time.h>
 
 #include "vd_config.h"
+#include "vd_lanes.h"
 #include "vd_log.h"
 
 #define CE_STRUCTURED "application/cloudevents+json; charset=UTF-8"
@@ -40,6 +46,8 @@
 
 struct retry {
     enum vd_output_topic topic;
+    enum vd_lane via;  /* produced (and produced again) through this producer */
+    unsigned slot;     /* vd_lanes_slot() */
     char *key;
     size_t keylen;
     char *payload;
@@ -56,15 +64,21 @@ struct qwatch {
     rd_kafka_queue_t *q;
 };
 
+struct producer {
+    rd_kafka_t *rk; /* NULL: not used (the prompt one when linger.ms is 0 anyway) */
+    struct qwatch q;
+};
+
 struct vd_kafka {
     uv_loop_t *loop;
     const struct vd_config *cfg;
     struct vd_kafka_handler h;
     void *arg;
     rd_kafka_t *consumer;
-    rd_kafka_t *producer;
+    struct producer prod[VD_LANE__COUNT];
+    struct vd_lanes lanes;
     rd_kafka_topic_partition_list_t *assigned;
-    struct qwatch cq, pq;
+    struct qwatch cq;
     uv_idle_t idle;
     uv_timer_t timer;
     int open_handles;
@@ -309,7 +323,7 @@ static void enqueue_retry(struct vd_kafka *k, struct retry *r) {
 /* Tries to produce; on a local failure the message goes to the retry list (owned there). */
 static void produce_or_retry(struct vd_kafka *k, struct retry *r) {
     rd_kafka_resp_err_t e = rd_kafka_producev(
-        k->producer, RD_KAFKA_V_TOPIC(k->out_topics[r->topic]),
+        k->prod[r->via].rk, RD_KAFKA_V_TOPIC(k->out_topics[r->topic]),
         RD_KAFKA_V_KEY(r->key, r->keylen), RD_KAFKA_V_VALUE(r->payload, r->len),
         /* The CloudEvents Kafka binding: a structured-mode event says so. */
         RD_KAFKA_V_HEADER("content-type", CE_STRUCTURED, sizeof CE_STRUCTURED - 1),
@@ -347,6 +361,7 @@ static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque) {
     }
     k->stats.delivered++;
     k->inflight--;
+    vd_lanes_done(&k->lanes, r->via, r->slot);
     void *o = r->opaque;
     free_retry(r);
     if (k->h.on_delivered) k->h.on_delivered(k->arg, o);
@@ -368,8 +383,11 @@ void vd_kafka_produce(struct vd_kafka *k, enum vd_output_topic topic, const char
     r->payload = payload;
     r->len = len;
     r->opaque = opaque;
+    r->slot = vd_lanes_slot(topic, key, keylen);
+    r->via = vd_lanes_take(&k->lanes, r->slot);
     k->inflight++;
     k->stats.produced++;
+    if (r->via == VD_LANE_PROMPT) k->stats.produced_prompt++;
     produce_or_retry(k, r);
 }
 
@@ -415,9 +433,14 @@ static int drain_consumer(struct vd_kafka *k) {
 }
 
 static int drain_producer(struct vd_kafka *k) {
-    for (int i = 0; i < DRAIN_BUDGET; i++)
-        if (rd_kafka_poll(k->producer, 0) == 0) return 0;
-    return 1;
+    int more = 0;
+    for (int p = 0; p < VD_LANE__COUNT; p++) {
+        if (!k->prod[p].rk) continue;
+        int i = 0;
+        while (i < DRAIN_BUDGET && rd_kafka_poll(k->prod[p].rk, 0) > 0) i++;
+        if (i == DRAIN_BUDGET) more = 1;
+    }
+    return more;
 }
 
 static void sync_pause(struct vd_kafka *k);
@@ -431,7 +454,7 @@ static void on_idle(uv_idle_t *h) {
 
 static void on_readable(uv_poll_t *h, int status, int events) {
     struct vd_kafka *k = h->data;
-    struct qwatch *w = h == &k->cq.poll ? &k->cq : &k->pq;
+    struct qwatch *w = (struct qwatch *)((char *)h - offsetof(struct qwatch, poll));
     char buf[256];
     while (read(w->fds[0], buf, sizeof buf) > 0) {
     }
@@ -478,7 +501,8 @@ struct vd_kafka *vd_kafka_new(uv_loop_t *loop, const struct vd_config *cfg,
     k->cfg = cfg;
     k->h = *h;
     k->arg = arg;
-    k->cq.fds[0] = k->cq.fds[1] = k->pq.fds[0] = k->pq.fds[1] = -1;
+    k->cq.fds[0] = k->cq.fds[1] = -1;
+    for (int p = 0; p < VD_LANE__COUNT; p++) k->prod[p].q.fds[0] = k->prod[p].q.fds[1] = -1;
     k->out_topics[VD_OUT_ASSIGNMENTS] = cfg->topic_assignments;
     k->out_topics[VD_OUT_NOTIFICATIONS] = cfg->topic_notifications;
     k->out_topics[VD_OUT_DEADLETTER] = cfg->topic_deadletter;
@@ -490,12 +514,32 @@ struct vd_kafka *vd_kafka_new(uv_loop_t *loop, const struct vd_config *cfg,
     rd_kafka_conf_set_opaque(pconf, k);
     rd_kafka_conf_set_dr_msg_cb(pconf, dr_cb);
     rd_kafka_conf_set_error_cb(pconf, error_cb);
-    k->producer = rd_kafka_new(RD_KAFKA_PRODUCER, pconf, errstr, sizeof errstr);
-    if (!k->producer) {
-        snprintf(err, errlen, "kafka producer: %s", errstr);
-        rd_kafka_conf_destroy(pconf);
-        goto err;
+    /* The prompt producer: the same settings without the linger (and none when the linger
+     * is already 0). */
+    rd_kafka_conf_t *qconf = NULL;
+    char val[128];
+    size_t vlen = sizeof val;
+    if (rd_kafka_conf_get(pconf, "linger.ms", val, &vlen) == RD_KAFKA_CONF_OK &&
+        strtod(val, NULL) > 0) {
+        qconf = rd_kafka_conf_dup(pconf);
+        rd_kafka_conf_set(qconf, "linger.ms", "0", errstr, sizeof errstr);
+        vlen = sizeof val;
+        if (rd_kafka_conf_get(qconf, "client.id", val, &vlen) == RD_KAFKA_CONF_OK &&
+            strcmp(val, "vdispatchd-producer") == 0)
+            rd_kafka_conf_set(qconf, "client.id", "vdispatchd-producer-prompt", errstr, sizeof errstr);
     }
+    for (int p = 0; p < VD_LANE__COUNT; p++) {
+        rd_kafka_conf_t *c = p == VD_LANE_BATCH ? pconf : qconf;
+        if (!c) continue;
+        k->prod[p].rk = rd_kafka_new(RD_KAFKA_PRODUCER, c, errstr, sizeof errstr);
+        if (!k->prod[p].rk) {
+            snprintf(err, errlen, "kafka producer: %s", errstr);
+            rd_kafka_conf_destroy(c);
+            if (p == VD_LANE_BATCH && qconf) rd_kafka_conf_destroy(qconf);
+            goto err;
+        }
+    }
+    vd_lanes_init(&k->lanes, k->prod[VD_LANE_PROMPT].rk != NULL);
 
     rd_kafka_conf_t *cconf = build_conf(cfg, 1, err, errlen);
     if (!cconf) goto err;
@@ -517,9 +561,12 @@ struct vd_kafka *vd_kafka_new(uv_loop_t *loop, const struct vd_config *cfg,
     k->timer.data = k;
     k->open_handles += 2;
     k->timers_inited = 1;
-    if (watch_queue(k, &k->cq, rd_kafka_queue_get_consumer(k->consumer), err, errlen) < 0 ||
-        watch_queue(k, &k->pq, rd_kafka_queue_get_main(k->producer), err, errlen) < 0)
+    if (watch_queue(k, &k->cq, rd_kafka_queue_get_consumer(k->consumer), err, errlen) < 0)
         goto err;
+    for (int p = 0; p < VD_LANE__COUNT; p++)
+        if (k->prod[p].rk &&
+            watch_queue(k, &k->prod[p].q, rd_kafka_queue_get_main(k->prod[p].rk), err, errlen) < 0)
+            goto err;
     uv_timer_start(&k->timer, on_timer, SAFETY_POLL_MS, SAFETY_POLL_MS);
 
     rd_kafka_topic_partition_list_t *topics = rd_kafka_topic_partition_list_new(3);
@@ -639,7 +686,7 @@ static void unwatch(struct qwatch *w) {
  * the stop must stay within its budget. Returns 0 when destroyed, -1 when left behind (the
  * process is about to exit; the thread goes on with it). */
 struct destroyer {
-    rd_kafka_t *consumer, *producer;
+    rd_kafka_t *consumer, *producer[VD_LANE__COUNT];
     int consumer_closed;
     atomic_int done;
 };
@@ -648,7 +695,8 @@ static void *destroy_thread(void *arg) {
     struct destroyer *x = arg;
     if (x->consumer)
         rd_kafka_destroy_flags(x->consumer, x->consumer_closed ? 0 : RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
-    if (x->producer) rd_kafka_destroy(x->producer);
+    for (int p = 0; p < VD_LANE__COUNT; p++)
+        if (x->producer[p]) rd_kafka_destroy(x->producer[p]);
     atomic_store(&x->done, 1);
     return NULL;
 }
@@ -657,9 +705,12 @@ static int destroy_bounded(struct vd_kafka *k, int ms) {
     struct destroyer *x = calloc(1, sizeof *x);
     if (!x) return -1;
     x->consumer = k->consumer;
-    x->producer = k->producer;
+    for (int p = 0; p < VD_LANE__COUNT; p++) {
+        x->producer[p] = k->prod[p].rk;
+        k->prod[p].rk = NULL;
+    }
     x->consumer_closed = k->consumer_closed;
-    k->consumer = k->producer = NULL;
+    k->consumer = NULL;
     pthread_t t;
     if (pthread_create(&t, NULL, destroy_thread, x) != 0) {
         destroy_thread(x);
@@ -683,13 +734,14 @@ static int destroy_bounded(struct vd_kafka *k, int ms) {
 int vd_kafka_free(struct vd_kafka *k, int timeout_ms, int destroy_ms) {
     if (!k) return 0;
     int abandoned = 0;
-    if (k->producer && timeout_ms > 0 && !k->fatal) {
+    if (k->prod[VD_LANE_BATCH].rk && timeout_ms > 0 && !k->fatal) {
         /* Produce what still waits in the retry list, then give the brokers a last chance. */
         uint64_t deadline = uv_now(k->loop) + (uint64_t)timeout_ms;
         while ((k->inflight || k->nretry) && uv_now(k->loop) < deadline) {
             for (struct retry *r = k->retry_head; r; r = r->next) r->due_ms = 0;
             serve_retries(k);
-            rd_kafka_flush(k->producer, 100);
+            for (int p = 0; p < VD_LANE__COUNT; p++)
+                if (k->prod[p].rk) rd_kafka_flush(k->prod[p].rk, 50);
             uv_update_time(k->loop);
         }
         if (k->inflight)
@@ -697,7 +749,7 @@ int vd_kafka_free(struct vd_kafka *k, int timeout_ms, int destroy_ms) {
                      k->inflight);
     }
     unwatch(&k->cq);
-    unwatch(&k->pq);
+    for (int p = 0; p < VD_LANE__COUNT; p++) unwatch(&k->prod[p].q);
     if (k->close_q) rd_kafka_queue_destroy(k->close_q);
     k->close_q = NULL;
     if (!k->consumer_closed && k->consumer)
@@ -719,8 +771,9 @@ int vd_kafka_free(struct vd_kafka *k, int timeout_ms, int destroy_ms) {
         uv_close((uv_handle_t *)&k->idle, on_close);
         uv_close((uv_handle_t *)&k->timer, on_close);
     }
-    struct qwatch *ws[2] = {&k->cq, &k->pq};
-    for (int i = 0; i < 2; i++) {
+    struct qwatch *ws[1 + VD_LANE__COUNT] = {&k->cq};
+    for (int p = 0; p < VD_LANE__COUNT; p++) ws[1 + p] = &k->prod[p].q;
+    for (int i = 0; i < 1 + VD_LANE__COUNT; i++) {
         if (ws[i]->poll_inited) {
             uv_poll_stop(&ws[i]->poll);
             uv_close((uv_handle_t *)&ws[i]->poll, on_close);

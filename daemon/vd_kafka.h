@@ -1,6 +1,12 @@
-/* vd_kafka: the daemon's Kafka edge, a consumer and an idempotent producer driven by libuv.
+/* vd_kafka: the daemon's Kafka edge, a consumer and idempotent producers driven by libuv.
  *
- * Both librdkafka handles signal the loop through rd_kafka_queue_io_event_enable() into a
+ * Outputs go through one of two producers: a batching one (kafka.producer.linger.ms, 5 ms by
+ * default) while outputs flow, a prompt one (the same settings with linger.ms=0) for outputs
+ * that come alone, so a lone request's outcome waits for no linger. The prompt one is used
+ * while the batching one has nothing unacknowledged; one key's outputs are never in both at
+ * once, so their order holds. With linger.ms set to 0 there is only the one producer.
+ *
+ * All librdkafka handles signal the loop through rd_kafka_queue_io_event_enable() into a
  * non-blocking pipe watched by uv_poll_t; a readable pipe means "the queue became
  * non-empty", so the handler drains the pipe and then serves the queue until it is empty (in
  * bounded slices, continuing from a uv_idle_t so the loop stays responsive). A safety timer
@@ -50,6 +56,7 @@ struct vd_kafka_handler {
 
 struct vd_kafka_stats {
     uint64_t consumed, produced, delivered, delivery_retries, rebalances;
+    uint64_t produced_prompt; /* of produced, those through the prompt producer */
     /* From librdkafka's statistics (every kafka.consumer.statistics.interval.ms, 10 s by
      * default); stats_ms is 0 until the first arrived. */
     int64_t lag[3];      /* messages behind, per input topic kind, over the partitions this

@@ -820,9 +820,10 @@ class Collector:
 
 
 def drive(label, a, req_topic, out_topic, paced_bin, paced_keys, burst_bin, burst_keys, pids,
-          warm=None):
+          warm=None, between=None):
     """Paced requests then the burst through one program; figures of both. pids: the processes
-    whose CPU counts (name -> pid); the first is the program itself (its peak RSS)."""
+    whose CPU counts (name -> pid); the first is the program itself (its peak RSS). between(),
+    if given, runs after the paced requests; its result is res["between"]."""
     col = Collector(a.build, a.brokers, req_topic, out_topic,
                     os.path.join(a.workdir, "topics", label + ".tsv"))
     res = {}
@@ -840,6 +841,8 @@ def drive(label, a, req_topic, out_topic, paced_bin, paced_keys, burst_bin, burs
             die("%s: %d of %d paced requests have an outcome after %.0f s"
                 % (label, len([k for k in paced_keys if k in col.outcome]), len(paced_keys), a.timeout))
         res["paced"], _ = col.figures(paced_keys)
+        if between:
+            res["between"] = between()
         # Who else takes the machine's cores meanwhile: the Kafka mock and the collector.
         pids = dict(pids, **{"Kafka mock": a.mock_pid, "collector": col.p.pid})
         cpu0, mach0, t0 = {n: cpu_s(p) for n, p in pids.items()}, machine_cpu(), time.monotonic()
@@ -1214,10 +1217,16 @@ def main():
     m0, c0 = scrape(a.metrics), commandstats(redis)
     d = drive("vdispatchd", a, "vd.requests", "vd.assignments", paths["paced"], keys["paced"],
               paths["burst"], keys["burst"], {"vdispatchd": a.daemon_pid, "redis-server": a.redis_pid},
-              warm=(paths["warm"], keys["warm"]))
+              warm=(paths["warm"], keys["warm"]), between=lambda: scrape(a.metrics))
     m1, c1 = scrape(a.metrics), commandstats(redis)
     d["matches"] = m1["vd_matches_total"] - m0["vd_matches_total"]
     d["calls"] = m1["vd_redis_calls_total"] - m0["vd_redis_calls_total"]
+    # Outputs, and those through the prompt producer, in the paced part and in the burst.
+    mm = d["between"]
+    d["outputs"] = [mm["vd_produced_total"] - m0["vd_produced_total"],
+                    m1["vd_produced_total"] - mm["vd_produced_total"]]
+    d["prompt"] = [mm.get("vd_produced_prompt_total", 0) - m0.get("vd_produced_prompt_total", 0),
+                   m1.get("vd_produced_prompt_total", 0) - mm.get("vd_produced_prompt_total", 0)]
     d["cmdstats"] = cmd_delta(c0, c1)
     d["hwm_kib"] = rss_kib(a.daemon_pid)[1]
     d["by_kind"] = {k.split('"')[1]: m1[k] - m0.get(k, 0) for k in m1
@@ -1305,6 +1314,9 @@ def report(a, rows):
     print("  Redis commandstats over paced + burst: %s" % ", ".join(
         "%s %d calls %.0f µs each" % (c, v[0], v[1] / max(v[0], 1)) for c, v in sorted(cs.items()) if v[0] >= 10))
     print("  peak RSS %.1f MiB during the run (VmHWM since start %.1f MiB)" % (d["rss_kib"] / 1024, d["hwm_kib"] / 1024))
+    print("  outputs through the prompt producer (no linger): paced %d of %d (%.0f%%), burst %d of %d (%.1f%%)" % (
+        d["prompt"][0], d["outputs"][0], 100.0 * d["prompt"][0] / max(d["outputs"][0], 1),
+        d["prompt"][1], d["outputs"][1], 100.0 * d["prompt"][1] / max(d["outputs"][1], 1)))
     # The raw limit has Redis alone on the machine; every other row shares its cores with
     # Kafka: how much of them each process took tells which one the burst waited for.
     print("cores taken during the burst (of %d):" % (os.cpu_count() or 1))

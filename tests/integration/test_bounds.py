@@ -15,6 +15,8 @@ arranged through Kafka) and the real daemon:
   test_ids_and_prefixes_cannot_collide     IDs with ':' and two deployments on one Redis
   test_sequence_order           every output carries `sequence`; the highest per request
                                 never shows a cancelled request offered or confirmed
+  test_prompt_and_batched_outputs   a lone request's outputs leave without the producer's
+                                linger, a burst's mostly batched; each request's in order
   test_deadlines_under_load     offer timeouts on time during a 100,000-request burst, with
                                 100,000 in memory and with intake paused; max_inflight 1
   test_search_bounds            a dense place behind the first radius; long tag lists
@@ -434,6 +436,49 @@ def test_sequence_order():
         for e in outs:
             if (e.get("data") or {}).get("request_id"):
                 assert "sequence" in e, e
+
+
+def test_prompt_and_batched_outputs():
+    """A lone request's outputs go through the prompt producer (no linger), a burst's mostly
+    through the batching one, and each request's outputs stay in order in their partition."""
+    with vdtest.Env() as env:
+        d = start(env, **{"matching.offer_timeout_ms": 0})
+        add_volunteers(env, [("pb-v%03d" % i, place(0, 60 * (i // 20), 60 * (i % 20)), {})
+                             for i in range(320)])
+        env.wait_for(lambda: metrics(d).get("vd_outputs_unacked") == 0, timeout=30 * SCALE,
+                     what="no output unacknowledged")
+        m0 = metrics(d)
+        env.send("requests", [vdtest.request_created("pb-lone", *place(0))])
+        lone = wait_events(env, "assignments", "vd.assignment.confirmed", request_id="pb-lone")[0]
+        m1 = metrics(d)
+        produced = m1["vd_produced_total"] - m0["vd_produced_total"]
+        prompt = m1["vd_produced_prompt_total"] - m0["vd_produced_prompt_total"]
+        vdtest.log("the lone request: %d outputs, %d prompt" % (produced, prompt))
+        assert produced >= 2 and prompt == produced, (produced, prompt)
+
+        reqs = [vdtest.request_created("pb-r%03d" % i, *place(0, 40 * (i // 15), 80 * (i % 15)))
+                for i in range(300)]
+        env.send("requests", reqs)
+        env.send("responses", [vdtest.task_completed("pb-lone", lone["data"]["volunteer_id"])])
+        rids = [e["data"]["request_id"] for e in reqs]
+        wait_all_outcomes(env, rids)
+        wait_events(env, "assignments", "vd.request.completed", request_id="pb-lone")
+        m2 = metrics(d)
+        produced = m2["vd_produced_total"] - m1["vd_produced_total"]
+        prompt = m2["vd_produced_prompt_total"] - m1["vd_produced_prompt_total"]
+        vdtest.log("300 at once: %d outputs, %d prompt" % (produced, prompt))
+        assert produced >= 600 and prompt < produced / 2, (produced, prompt)
+        # In each partition, a request's outputs come in the order of their sequence.
+        for topic in ("assignments", "notifications"):
+            for rid, evs in by_request(env.events(topic)).items():
+                seqs = [int(e["sequence"]) for e in evs]
+                assert seqs == sorted(seqs), (topic, rid, [(e["type"], e["sequence"]) for e in evs])
+        mine = [e["type"] for e in by_request(env.events("assignments"))["pb-lone"]]
+        assert mine == ["vd.assignment.confirmed", "vd.request.completed"], mine
+        confirmed = {e["data"]["request_id"] for e in env.events("assignments")
+                     if e["type"] == "vd.assignment.confirmed"}
+        assert confirmed == set(rids) | {"pb-lone"}, sorted(set(rids) - confirmed)[:5]
+        no_dead_letters(env)
 
 
 # --------------------------------------------------------------------------------------------
