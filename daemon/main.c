@@ -8,6 +8,7 @@
  * the Redis client, then let the loop run out. */
 #include <dirent.h>
 #include <getopt.h>
+#include <malloc.h>
 #include <sys/resource.h>
 #include <sys/time.h>
 #include <systemd/sd-daemon.h>
@@ -481,6 +482,12 @@ static int load_config(struct vd_config *cfg, const char *path, char **sets, int
 }
 
 int main(int argc, char **argv) {
+    /* One malloc arena for all threads. librdkafka runs a dozen threads, and glibc gives each
+     * its own arena up to 8 per core, each keeping freed memory of its own: in the
+     * benchmark's burst the daemon peaked at 30-33 MB with glibc's default and 26 MB with one
+     * arena, at the same throughput (the threads other than the loop allocate little).
+     * MALLOC_ARENA_MAX, when set, decides instead. */
+    if (!getenv("MALLOC_ARENA_MAX")) mallopt(M_ARENA_MAX, 1);
     static const struct option opts[] = {
         {"config", required_argument, NULL, 'c'}, {"set", required_argument, NULL, 's'},
         {"check-config", no_argument, NULL, 'k'}, {"dump-config", no_argument, NULL, 'd'},
