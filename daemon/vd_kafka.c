@@ -167,7 +167,13 @@ static rd_kafka_conf_t *build_conf(const struct vd_config *cfg, int consumer, ch
         /* A produce request carries at most 256 KiB (librdkafka's default: 1 MB): with up to
          * five in flight per broker, its buffers are what a fast stream of outputs leaves in
          * memory. An output is at most a few KiB (a dead letter keeps 4 KiB of its input). */
-        if (set(conf, "linger.ms", "5", "linger.ms", err, errlen) < 0 ||
+        /* Connected to every broker from the start: librdkafka otherwise connects to a
+         * partition's leader once a message waits for it, and notices that need only when
+         * the broker's thread next wakes, up to a second later. The first output for each
+         * broker waited so (and a prompt or batching producer that had not been used before
+         * held every later output of its keys behind it). */
+        if (set(conf, "enable.sparse.connections", "false", "enable.sparse.connections", err, errlen) < 0 ||
+            set(conf, "linger.ms", "5", "linger.ms", err, errlen) < 0 ||
             set(conf, "message.max.bytes", "262144", "message.max.bytes", err, errlen) < 0 ||
             set(conf, "message.timeout.ms", "30000", "message.timeout.ms", err, errlen) < 0)
             goto err;
