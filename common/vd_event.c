@@ -470,23 +470,44 @@ static int get_location(struct ctx *c, const json_t *obj, struct vd_event *ev) {
     return 0;
 }
 
-/* An array of at most VD_MAX_TAGS IDs; t stays empty when an optional one is absent. */
+/* An array of at most VD_MAX_TAGS IDs, into ev's tags after those already there (the skills
+ * are decoded before the languages); *n stays 0 when an optional one is absent. */
 static int get_tags(struct ctx *c, const json_t *obj, const char *key, int required,
-                    struct vd_tags *t) {
+                    struct vd_event *ev, int *n) {
     char path[PATH_MAX_LEN];
+    char(*t)[VD_ID_MAX + 1] = ev->tags + ev->nskills + ev->nlanguages;
     json_t *v;
     if (lookup(c, obj, "data", key, required, &v) < 0) return -1;
     if (!v) return 0;
     if (!json_is_array(v)) return fail(c, "data.%s: must be an array", key);
-    size_t n = json_array_size(v);
-    if (n > VD_MAX_TAGS)
-        return fail(c, "data.%s: %zu entries exceed the limit of %d", key, n, VD_MAX_TAGS);
-    for (size_t i = 0; i < n; i++) {
+    size_t len = json_array_size(v);
+    if (len > VD_MAX_TAGS)
+        return fail(c, "data.%s: %zu entries exceed the limit of %d", key, len, VD_MAX_TAGS);
+    for (size_t i = 0; i < len; i++) {
         snprintf(path, sizeof path, "data.%s[%zu]", key, i);
-        if (check_id(c, path, json_array_get(v, i), t->v[i]) < 0) return -1;
+        if (check_id(c, path, json_array_get(v, i), t[i]) < 0) return -1;
     }
-    t->n = (int)n;
+    *n = (int)len;
     return 0;
+}
+
+size_t vd_event_size(const struct vd_event *ev) {
+    return offsetof(struct vd_event, tags) +
+           (size_t)(ev->nskills + ev->nlanguages) * sizeof ev->tags[0];
+}
+
+struct vd_event *vd_event_copy(const struct vd_event *ev) {
+    size_t n = vd_event_size(ev);
+    struct vd_event *c = malloc(n);
+    if (c) memcpy(c, ev, n);
+    return c;
+}
+
+void vd_tags_csv(struct vd_tags t, char *out, size_t cap) {
+    size_t o = 0;
+    out[0] = '\0';
+    for (int i = 0; i < t.n && o < cap; i++)
+        o += (size_t)snprintf(out + o, cap - o, "%s%s", i ? "," : "", t.v[i]);
 }
 
 static int get_priority(struct ctx *c, const json_t *obj, enum vd_priority *out) {
@@ -526,8 +547,8 @@ static int decode_request_created(struct ctx *c, const json_t *d, struct vd_even
     if (get_id(c, d, "data", "request_id", REQUIRED, ev->request_id) < 0 ||
         get_location(c, d, ev) < 0 ||
         get_id(c, d, "data", "service", REQUIRED, ev->service) < 0 ||
-        get_tags(c, d, "skills", OPTIONAL, &ev->skills) < 0 ||
-        get_tags(c, d, "languages", OPTIONAL, &ev->languages) < 0 ||
+        get_tags(c, d, "skills", OPTIONAL, ev, &ev->nskills) < 0 ||
+        get_tags(c, d, "languages", OPTIONAL, ev, &ev->nlanguages) < 0 ||
         get_priority(c, d, &ev->priority) < 0 || get_vulnerability(c, d, ev) < 0 ||
         get_int(c, d, "data", "volunteers_needed", OPTIONAL, 1, VD_MAX_NEEDED,
                 &ev->volunteers_needed) < 0 ||
@@ -550,8 +571,8 @@ static int decode_data(struct ctx *c, const json_t *d, struct vd_event *ev) {
     switch (ev->type) {
     case VD_EV_VOLUNTEER_AVAILABLE:
         if (get_id(c, d, "data", "volunteer_id", REQUIRED, ev->volunteer_id) < 0 ||
-            get_location(c, d, ev) < 0 || get_tags(c, d, "skills", REQUIRED, &ev->skills) < 0 ||
-            get_tags(c, d, "languages", REQUIRED, &ev->languages) < 0 ||
+            get_location(c, d, ev) < 0 || get_tags(c, d, "skills", REQUIRED, ev, &ev->nskills) < 0 ||
+            get_tags(c, d, "languages", REQUIRED, ev, &ev->nlanguages) < 0 ||
             get_int(c, d, "data", "max_tasks_per_day", OPTIONAL, 1, 100,
                     &ev->max_tasks_per_day) < 0 ||
             get_id(c, d, "data", "team", OPTIONAL, ev->team) < 0 ||
@@ -864,11 +885,11 @@ out:
 }
 
 /* Adds an ID array of tags unless it is empty. */
-static int set_tags(json_t *data, const char *key, const struct vd_tags *t) {
-    if (!t->n) return 0;
+static int set_tags(json_t *data, const char *key, struct vd_tags t) {
+    if (!t.n) return 0;
     json_t *a = json_array();
-    for (int i = 0; a && i < t->n; i++)
-        if (json_array_append_new(a, json_string(t->v[i])) < 0) {
+    for (int i = 0; a && i < t.n; i++)
+        if (json_array_append_new(a, json_string(t.v[i])) < 0) {
             json_decref(a);
             return -1;
         }
@@ -890,7 +911,8 @@ char *vd_event_request_record(const struct vd_event *ev) {
                              "service", ev->service, "priority", vd_priority_name(ev->priority),
                              "volunteers_needed", ev->volunteers_needed);
     if (!data) return NULL;
-    if (set_tags(data, "skills", &ev->skills) < 0 || set_tags(data, "languages", &ev->languages) < 0 ||
+    if (set_tags(data, "skills", vd_event_skills(ev)) < 0 ||
+        set_tags(data, "languages", vd_event_languages(ev)) < 0 ||
         set_id(data, "event_id", ev->event_id) < 0 ||
         set_id(data, "preferred_volunteer_id", ev->preferred_volunteer_id) < 0 ||
         set_id(data, "resident_id", ev->resident_id) < 0 ||

@@ -53,9 +53,10 @@ struct vd_location {
     double lat, lon;
 };
 
+/* A view of an event's skills or languages (vd_event_skills(), vd_event_languages()). */
 struct vd_tags {
     int n;
-    char v[VD_MAX_TAGS][VD_ID_MAX + 1];
+    const char (*v)[VD_ID_MAX + 1];
 };
 
 struct vd_vulnerability {
@@ -85,8 +86,6 @@ struct vd_event {
 
     struct vd_location location;      /* valid when has_location */
     int has_location;
-    struct vd_tags skills;
-    struct vd_tags languages;
     int max_tasks_per_day;            /* volunteer's own cap, 1..100; 0 = not given */
 
     enum vd_priority priority;        /* default normal */
@@ -96,7 +95,28 @@ struct vd_event {
     int64_t not_before_ms;            /* 0 = not given */
     int64_t expires_at_ms;            /* 0 = not given */
     int max_distance_m;               /* 1..100000; 0 = not given */
+
+    /* Last, so that a copy may end after the IDs it holds (vd_event_size()): the skills, then
+     * the languages. Most events carry a few; room for all would be 4 KiB of each copy. */
+    int nskills, nlanguages;
+    char tags[2 * VD_MAX_TAGS][VD_ID_MAX + 1];
 };
+
+static inline struct vd_tags vd_event_skills(const struct vd_event *ev) {
+    return (struct vd_tags){ev->nskills, ev->tags};
+}
+static inline struct vd_tags vd_event_languages(const struct vd_event *ev) {
+    return (struct vd_tags){ev->nlanguages, ev->tags + ev->nskills};
+}
+
+/* The bytes of ev that hold something: up to its last skill or language. A struct vd_event
+ * allocated with only this many bytes (vd_event_copy()) is complete; it must not be assigned
+ * or copied whole (sizeof), only through vd_event_size(). */
+size_t vd_event_size(const struct vd_event *ev);
+/* A copy of ev in vd_event_size(ev) bytes (free()), or NULL on allocation failure. */
+struct vd_event *vd_event_copy(const struct vd_event *ev);
+/* Writes the IDs of t comma-separated into out (cap bytes; cut short there). */
+void vd_tags_csv(struct vd_tags t, char *out, size_t cap);
 
 /* Returns the CloudEvents type string ("vd.request.created") of t. */
 const char *vd_event_type_name(enum vd_event_type t);

@@ -126,6 +126,21 @@ static void job_free(struct vd_job *j) {
     free(j);
 }
 
+/* A job of partition p with a copy of the input's event ev, in as many bytes as the copy needs
+ * (the event is the job's last member; vd_event_size()), or, for ev NULL, a whole job with an
+ * empty event (a due run: few at a time). */
+static struct vd_job *job_new(struct vd_dispatch *d, struct vd_part *p, const struct vd_event *ev) {
+    struct vd_job *j = ev ? calloc(1, offsetof(struct vd_job, ev) + vd_event_size(ev))
+                          : calloc(1, sizeof *j);
+    if (!j) abort();
+    if (ev) memcpy(&j->ev, ev, vd_event_size(ev));
+    j->d = d;
+    j->part = p;
+    j->gen = p->gen;
+    j->req = &j->ev;
+    return j;
+}
+
 /* A new job joins the live list and the tail of its partition's queue. */
 static void job_enqueue(struct vd_part *p, struct vd_job *j) {
     struct vd_dispatch *d = j->d;
@@ -213,14 +228,9 @@ static void on_due(struct vd_redis *r, redisReply *reply, void *arg) {
         char rid[VD_ID_MAX + 1];
         snprintf(rid, sizeof rid, "%.*s", (int)e->len, e->str);
         if (!vd_id_valid(rid) || tick_for(d, rid) || vd_round_holds(d, rid)) continue;
-        struct vd_job *j = calloc(1, sizeof *j);
-        if (!j) abort();
-        j->d = d;
-        j->part = p;
-        j->gen = p->gen;
+        struct vd_job *j = job_new(d, p, NULL);
         j->offset = -1;
         j->tick = 1;
-        j->req = &j->ev;
         snprintf(j->ev.request_id, sizeof j->ev.request_id, "%s", rid);
         snprintf(j->key, sizeof j->key, "%s", rid);
         job_enqueue(p, j);
@@ -525,9 +535,10 @@ static void apply_backpressure(struct vd_dispatch *d) {
 }
 
 /* Decodes a structured-mode event (the value is the whole event) or a binary-mode one (the
- * CloudEvents Kafka binding: attributes in ce_* headers, the value is the data). Consumes m. */
-static int decode_message(rd_kafka_message_t *m, struct vd_job *j, enum vd_topic_kind kind,
-                          char *err, size_t errlen) {
+ * CloudEvents Kafka binding: attributes in ce_* headers, the value is the data) into ev.
+ * Consumes m. */
+static int decode_message(rd_kafka_message_t *m, const char *payload, size_t len,
+                          enum vd_topic_kind kind, struct vd_event *ev, char *err, size_t errlen) {
     rd_kafka_headers_t *hdrs = NULL;
     const void *v;
     size_t vlen;
@@ -535,7 +546,7 @@ static int decode_message(rd_kafka_message_t *m, struct vd_job *j, enum vd_topic
     if (rd_kafka_message_headers(m, &hdrs) != RD_KAFKA_RESP_ERR_NO_ERROR || !hdrs ||
         rd_kafka_header_get_last(hdrs, "ce_specversion", &v, &vlen) != RD_KAFKA_RESP_ERR_NO_ERROR) {
         rd_kafka_message_destroy(m);
-        return vd_event_decode(j->payload, j->len, kind, &j->ev, err, errlen);
+        return vd_event_decode(payload, len, kind, ev, err, errlen);
     }
     struct vd_event_header h[VD_EVENT_MAX_HEADERS + 1];
     size_t n = 0;
@@ -544,7 +555,7 @@ static int decode_message(rd_kafka_message_t *m, struct vd_job *j, enum vd_topic
         h[n] = (struct vd_event_header){name, v, vlen};
         n++;
     }
-    rc = vd_event_decode_binary(h, n, j->payload, j->len, kind, &j->ev, err, errlen);
+    rc = vd_event_decode_binary(h, n, payload, len, kind, ev, err, errlen);
     if (rc < 0) {
         /* Say which mode: the attributes named are ce_ headers here. */
         size_t used = strlen(err);
@@ -568,21 +579,21 @@ void vd_dispatch_on_message(void *arg, rd_kafka_message_t *m, enum vd_topic_kind
         rd_kafka_message_destroy(m);
         return;
     }
-    struct vd_job *j = calloc(1, sizeof *j);
-    if (!j) abort();
-    j->d = d;
-    j->part = p;
-    j->gen = p->gen;
-    j->offset = m->offset;
-    j->req = &j->ev;
-    j->len = m->len;
-    j->payload = malloc(m->len ? m->len : 1);
-    if (!j->payload) abort();
-    if (m->len) memcpy(j->payload, m->payload, m->len);
-    /* Decode now: the key that orders this job among its partition's is the request or
-     * volunteer it is about. A message with a ce_specversion header is a binary-mode event. */
+    /* Decoded first into the dispatcher's whole event: the job keeps only what it holds. The
+     * key that orders this job among its partition's is the request or volunteer it is about.
+     * A message with a ce_specversion header is a binary-mode event. */
+    size_t len = m->len;
+    int64_t offset = m->offset;
+    char *payload = malloc(len ? len : 1);
+    if (!payload) abort();
+    if (len) memcpy(payload, m->payload, len);
     char err[512];
-    if (decode_message(m, j, kind, err, sizeof err) < 0) {
+    int rc = decode_message(m, payload, len, kind, d->scratch, err, sizeof err);
+    struct vd_job *j = job_new(d, p, d->scratch);
+    j->offset = offset;
+    j->payload = payload;
+    j->len = len;
+    if (rc < 0) {
         j->error = strdup(err);
         if (!j->error) abort();
     } else {
@@ -616,6 +627,11 @@ void vd_dispatch_on_redis_ready(struct vd_redis *r, void *arg) {
 struct vd_dispatch *vd_dispatch_new(uv_loop_t *loop, const struct vd_config *cfg) {
     struct vd_dispatch *d = calloc(1, sizeof *d);
     if (!d) return NULL;
+    d->scratch = malloc(sizeof *d->scratch);
+    if (!d->scratch) {
+        free(d);
+        return NULL;
+    }
     d->loop = loop;
     d->cfg = cfg;
     vd_index_init(&d->matching, offsetof(struct vd_job, ev.request_id), offsetof(struct vd_job, mnext));
@@ -693,5 +709,6 @@ void vd_dispatch_free(struct vd_dispatch *d) {
         free(p->topic);
         free(p);
     }
+    free(d->scratch);
     free(d);
 }

@@ -83,7 +83,6 @@ struct vd_job {
     int pending;      /* outputs produced, not yet acknowledged */
     int redis_errors; /* unexpected error replies so far */
     char *error;      /* why the message is invalid (it becomes a dead letter), or NULL */
-    struct vd_event ev;
     uint64_t started_us;
     int tick;      /* an internal job: the request's due time came (no input) */
     int abandoned; /* will not run here again; lives on only for Kafka's acks */
@@ -115,12 +114,17 @@ struct vd_job {
     void *knext;                        /* next in its bucket of the partition's running index */
     struct vd_job *all_prev, *all_next; /* every live job, for teardown */
     struct vd_job *tprev, *tnext;       /* every live due run (tick), to find one by request */
+    /* The decoded event, last: a job is allocated with the bytes its event holds
+     * (vd_event_size()), without the room for skills and languages it does not have (4 KiB
+     * for a whole struct vd_event). */
+    struct vd_event ev;
 };
 
 #define VD_SETTLE_BATCH 16 /* settled requests per vd_settle call */
 
 struct vd_dispatch {
     uv_loop_t *loop;
+    struct vd_event *scratch; /* a whole event: inputs are decoded here, then copied (job_new) */
     const struct vd_config *cfg;
     struct vd_redis *redis;
     struct vd_kafka *kafka;

@@ -32,13 +32,6 @@ static uint64_t now_us(void) {
     return (uint64_t)tv.tv_sec * 1000000u + (uint64_t)tv.tv_usec;
 }
 
-static void tags_csv(const struct vd_tags *t, char *out, size_t cap) {
-    size_t o = 0;
-    out[0] = '\0';
-    for (int i = 0; i < t->n && o < cap; i++)
-        o += (size_t)snprintf(out + o, cap - o, "%s%s", i ? "," : "", t->v[i]);
-}
-
 /* Copies element i of an array reply as a string ("" when absent). */
 static const char *el(const redisReply *r, size_t i, char *buf, size_t cap) {
     buf[0] = '\0';
@@ -110,8 +103,8 @@ static void run_volunteer(struct vd_job *j) {
         vd_argf(&a, "%.7f", ev->location.lon);
     }
     if (ev->type == VD_EV_VOLUNTEER_AVAILABLE) {
-        tags_csv(&ev->skills, skills, sizeof skills);
-        tags_csv(&ev->languages, langs, sizeof langs);
+        vd_tags_csv(vd_event_skills(ev), skills, sizeof skills);
+        vd_tags_csv(vd_event_languages(ev), langs, sizeof langs);
         vd_arg(&a, skills);
         vd_arg(&a, langs);
         vd_argf(&a, "%d", ev->max_tasks_per_day);
@@ -159,14 +152,13 @@ static int take_step(struct vd_job *j, const redisReply *r, char *tag, size_t ta
         /* Jobs that are not the request's own event learn it from the record. */
         if (j->req == &j->ev && rq->type == REDIS_REPLY_STRING && rq->len) {
             char err[256];
-            struct vd_event *req = calloc(1, sizeof *req);
-            if (!req) abort();
+            struct vd_event *req = j->d->scratch;
             if (vd_event_decode(rq->str, rq->len, VD_TOPIC_REQUESTS, req, err, sizeof err) == 0) {
-                j->req_own = req;
-                j->req = req;
+                j->req_own = vd_event_copy(req);
+                if (!j->req_own) abort();
+                j->req = j->req_own;
             } else {
                 vd_error("request %s: its stored record does not decode: %s", j->ev.request_id, err);
-                free(req);
                 want = 0;
             }
         }

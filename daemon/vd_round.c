@@ -327,13 +327,6 @@ static void round_failed(struct vd_round *r, struct vd_job **jobs, int n, const 
     }
 }
 
-static void tags_csv(const struct vd_tags *t, char *out, size_t cap) {
-    size_t o = 0;
-    out[0] = '\0';
-    for (int i = 0; i < t->n && o < cap; i++)
-        o += (size_t)snprintf(out + o, cap - o, "%s%s", i ? "," : "", t->v[i]);
-}
-
 /* The settings every round and claim call starts with (see settings() in vdispatch.lua). */
 static void settings_args(struct vd_dispatch *d, struct vd_pool *p, struct argv *a, const char *fn) {
     const struct vd_config *cfg = d->cfg;
@@ -361,9 +354,9 @@ static void where_args(struct vd_job *j, struct argv *a) {
     argv_addf(a, "%.7f", ev->location.lat);
     argv_addf(a, "%.7f", ev->location.lon);
     argv_addf(a, "%d", vd_request_rmax(j));
-    tags_csv(&ev->skills, tags, sizeof tags);
+    vd_tags_csv(vd_event_skills(ev), tags, sizeof tags);
     argv_add(a, tags);
-    tags_csv(&ev->languages, tags, sizeof tags);
+    vd_tags_csv(vd_event_languages(ev), tags, sizeof tags);
     argv_add(a, tags);
 }
 

@@ -36,9 +36,9 @@ static int id_or_empty(const char *s) {
     return s[0] == '\0' || vd_id_valid(s);
 }
 
-static void check_tags(const struct vd_tags *t) {
-    check(t->n >= 0 && t->n <= VD_MAX_TAGS);
-    for (int i = 0; i < t->n; i++) check(vd_id_valid(t->v[i]));
+static void check_tags(struct vd_tags t) {
+    check(t.n >= 0 && t.n <= VD_MAX_TAGS);
+    for (int i = 0; i < t.n; i++) check(vd_id_valid(t.v[i]));
 }
 
 static void check_event(const struct vd_event *ev, enum vd_topic_kind topic) {
@@ -54,8 +54,15 @@ static void check_event(const struct vd_event *ev, enum vd_topic_kind topic) {
         check(ev->location.lat >= -90 && ev->location.lat <= 90);
         check(ev->location.lon >= -180 && ev->location.lon <= 180);
     }
-    check_tags(&ev->skills);
-    check_tags(&ev->languages);
+    check_tags(vd_event_skills(ev));
+    check_tags(vd_event_languages(ev));
+    /* A copy holds every field in its own size (the daemon's jobs keep such copies). */
+    struct vd_event *c = vd_event_copy(ev);
+    check(c && vd_event_size(c) == vd_event_size(ev));
+    check(memcmp(c, ev, vd_event_size(ev)) == 0);
+    check_tags(vd_event_skills(c));
+    check_tags(vd_event_languages(c));
+    free(c);
     check(ev->max_tasks_per_day >= 0 && ev->max_tasks_per_day <= 100);
     check(ev->priority >= VD_PRIO_URGENT && ev->priority <= VD_PRIO_LOW);
     check(ev->volunteers_needed >= 1 && ev->volunteers_needed <= VD_MAX_NEEDED);

@@ -244,11 +244,11 @@ static void test_request_created_full(void **state) {
     assert_true(ev.has_location);
     assert_true(ev.location.lat == 40.8 && ev.location.lon == 111.7);
     assert_string_equal(ev.service, "health_check");
-    assert_int_equal(ev.skills.n, 2);
-    assert_string_equal(ev.skills.v[0], "first_aid");
-    assert_string_equal(ev.skills.v[1], "driving");
-    assert_int_equal(ev.languages.n, 2);
-    assert_string_equal(ev.languages.v[1], "mn");
+    assert_int_equal(vd_event_skills(&ev).n, 2);
+    assert_string_equal(vd_event_skills(&ev).v[0], "first_aid");
+    assert_string_equal(vd_event_skills(&ev).v[1], "driving");
+    assert_int_equal(vd_event_languages(&ev).n, 2);
+    assert_string_equal(vd_event_languages(&ev).v[1], "mn");
     assert_int_equal(ev.priority, VD_PRIO_URGENT);
     assert_true(ev.has_vulnerability);
     assert_int_equal(ev.vulnerability.age, 84);
@@ -275,8 +275,8 @@ static void test_request_defaults(void **state) {
         assert_int_equal(ev.volunteers_needed, 1);
         assert_false(ev.has_vulnerability);
         assert_int_equal(ev.vulnerability.age, -1);
-        assert_int_equal(ev.skills.n, 0);
-        assert_int_equal(ev.languages.n, 0);
+        assert_int_equal(vd_event_skills(&ev).n, 0);
+        assert_int_equal(vd_event_languages(&ev).n, 0);
         assert_int_equal(ev.not_before_ms, 0);
         assert_int_equal(ev.expires_at_ms, 0);
         assert_int_equal(ev.max_distance_m, 0);
@@ -294,8 +294,8 @@ static void test_request_bounds(void **state) {
     assert_int_equal(strlen(ev.id), 256);
     assert_int_equal(strlen(ev.source), 256);
     assert_true(ev.location.lat == -VD_GEO_LAT_MAX && ev.location.lon == 180.0);
-    assert_int_equal(ev.skills.n, 32);
-    assert_string_equal(ev.skills.v[31], "s31");
+    assert_int_equal(vd_event_skills(&ev).n, 32);
+    assert_string_equal(vd_event_skills(&ev).v[31], "s31");
     assert_int_equal(ev.volunteers_needed, 10);
     assert_int_equal(ev.max_distance_m, 100000);
     assert_int_equal(ev.priority, VD_PRIO_LOW);
@@ -321,10 +321,10 @@ static void test_volunteer_available_full(void **state) {
     assert_string_equal(ev.volunteer_id, "vol-18");
     assert_string_equal(ev.source, "/ᠬᠥᠬᠡᠬᠣᠲᠠ/volunteer-app");
     assert_true(ev.location.lat == 40.8421 && ev.location.lon == 111.749);
-    assert_int_equal(ev.skills.n, 3);
-    assert_string_equal(ev.skills.v[2], "sign.language");
-    assert_int_equal(ev.languages.n, 3);
-    assert_string_equal(ev.languages.v[0], "zh");
+    assert_int_equal(vd_event_skills(&ev).n, 3);
+    assert_string_equal(vd_event_skills(&ev).v[2], "sign.language");
+    assert_int_equal(vd_event_languages(&ev).n, 3);
+    assert_string_equal(vd_event_languages(&ev).v[0], "zh");
     assert_int_equal(ev.max_tasks_per_day, 100);
     assert_string_equal(ev.team, "team_red");
     assert_string_equal(ev.event_id, "concert:2026-07");
@@ -332,7 +332,7 @@ static void test_volunteer_available_full(void **state) {
     decode_case("volunteer_available_minimal", VD_TOPIC_VOLUNTEERS, &ev);
     assert_int_equal(ev.max_tasks_per_day, 0);
     assert_string_equal(ev.team, "");
-    assert_int_equal(ev.skills.n, 0);
+    assert_int_equal(vd_event_skills(&ev).n, 0);
 
     decode_case("unicode_escapes_and_whitespace", VD_TOPIC_VOLUNTEERS, &ev);
     assert_string_equal(ev.source, "/蒙古/ᠮᠣᠩᠭᠣᠯ");
@@ -705,7 +705,7 @@ static void test_encode_decode_round_trip(void **state) {
     assert_string_equal(ev.id, "req-9:created");
     assert_int_equal(ev.time_ms, 1795910400999LL);
     assert_true(ev.location.lat == 40.8421 && ev.location.lon == 111.749);
-    assert_int_equal(ev.languages.n, 2);
+    assert_int_equal(vd_event_languages(&ev).n, 2);
     assert_int_equal(ev.priority, VD_PRIO_HIGH);
     assert_int_equal(ev.volunteers_needed, 3);
 }
@@ -779,6 +779,46 @@ static void test_binary_mode(void **state) {
     assert_non_null(strstr(err, "data.location.lat"));
 }
 
+/* Skills and languages share the event's tail; a copy is as long as the IDs it holds. */
+static void test_event_copy(void **state) {
+    struct vd_event ev;
+    decode_case("volunteer_available_full", VD_TOPIC_VOLUNTEERS, &ev);
+    assert_int_equal(vd_event_size(&ev), offsetof(struct vd_event, tags) + 6 * sizeof ev.tags[0]);
+    struct vd_event *c = vd_event_copy(&ev);
+    assert_non_null(c);
+    assert_string_equal(c->volunteer_id, "vol-18");
+    assert_string_equal(vd_event_skills(c).v[2], "sign.language");
+    assert_string_equal(vd_event_languages(c).v[0], "zh");
+    char csv[256];
+    vd_tags_csv(vd_event_languages(c), csv, sizeof csv);
+    assert_string_equal(csv, "zh,mn,en");
+    vd_tags_csv(vd_event_skills(c), csv, 12); /* cut short at the buffer's end */
+    assert_int_equal(strlen(csv), 11);
+    free(c);
+
+    /* Both lists full: the copy is a whole event. */
+    char msg[8192] =
+        "{\"specversion\":\"1.0\",\"type\":\"vd.volunteer.available\",\"source\":\"/t\","
+        "\"id\":\"e1\",\"time\":\"2026-11-29T08:00:00Z\",\"datacontenttype\":\"application/json\","
+        "\"data\":{\"volunteer_id\":\"v1\","
+        "\"location\":{\"lat\":40.8,\"lon\":111.7}";
+    for (int list = 0; list < 2; list++) {
+        strcat(msg, list ? "],\"languages\":[" : ",\"skills\":[");
+        for (int i = 0; i < VD_MAX_TAGS; i++)
+            sprintf(msg + strlen(msg), "%s\"%c%d\"", i ? "," : "", list ? 'l' : 's', i);
+    }
+    strcat(msg, "]}}");
+    char err[256];
+    if (decode_str(msg, VD_TOPIC_VOLUNTEERS, &ev, err, sizeof err) != 0) fail_msg("%s", err);
+    assert_int_equal(vd_event_size(&ev), offsetof(struct vd_event, tags) + sizeof ev.tags);
+    c = vd_event_copy(&ev);
+    assert_non_null(c);
+    assert_string_equal(vd_event_skills(c).v[31], "s31");
+    assert_string_equal(vd_event_languages(c).v[0], "l0");
+    assert_string_equal(vd_event_languages(c).v[31], "l31");
+    free(c);
+}
+
 static void test_request_record(void **state) {
     struct vd_event ev, back;
     char err[256];
@@ -794,8 +834,8 @@ static void test_request_record(void **state) {
     assert_string_equal(back.request_id, ev.request_id);
     assert_true(back.location.lat == ev.location.lat && back.location.lon == ev.location.lon);
     assert_string_equal(back.service, ev.service);
-    assert_int_equal(back.skills.n, ev.skills.n);
-    assert_int_equal(back.languages.n, ev.languages.n);
+    assert_int_equal(vd_event_skills(&back).n, vd_event_skills(&ev).n);
+    assert_int_equal(vd_event_languages(&back).n, vd_event_languages(&ev).n);
     assert_int_equal(back.priority, ev.priority);
     assert_int_equal(back.volunteers_needed, ev.volunteers_needed);
     assert_int_equal(back.not_before_ms, ev.not_before_ms);
@@ -829,6 +869,7 @@ int main(void) {
         cmocka_unit_test(test_encode),
         cmocka_unit_test(test_encode_decode_round_trip),
         cmocka_unit_test(test_encode_sequence),
+        cmocka_unit_test(test_event_copy),
         cmocka_unit_test(test_request_record),
         cmocka_unit_test(test_binary_mode),
     };
