@@ -146,14 +146,14 @@ static rd_kafka_conf_t *build_conf(const struct vd_config *cfg, int consumer, ch
             set(conf, "enable.auto.commit", "true", "enable.auto.commit", err, errlen) < 0 ||
             set(conf, "auto.commit.interval.ms", "1000", "auto.commit.interval.ms", err, errlen) < 0 ||
             set(conf, "enable.partition.eof", "false", "enable.partition.eof", err, errlen) < 0 ||
-            /* What librdkafka prefetches counts toward the daemon's memory too: at most 3 MiB
+            /* What librdkafka prefetches counts toward the daemon's memory too: at most 4 MiB
              * queued, 1 MiB per fetch from each broker (librdkafka's defaults allow 64 MiB and
              * 50 MiB). Once its queue reaches the bound, librdkafka 2.0 fetches again only when
              * its broker thread next wakes, up to a second later, whatever the daemon takes
              * out meanwhile: so the queue must hold most of a second of what the daemon drains
              * in a burst, or intake stalls after each hold (with 2 MiB and 1,000 volunteers,
              * the daemon ran dry for 0.3 s of every second; docs/performance.md). */
-            set(conf, "queued.max.messages.kbytes", "3072", "queued.max.messages.kbytes", err, errlen) < 0 ||
+            set(conf, "queued.max.messages.kbytes", "4096", "queued.max.messages.kbytes", err, errlen) < 0 ||
             set(conf, "fetch.max.bytes", "1048576", "fetch.max.bytes", err, errlen) < 0 ||
             /* A broker that holds a fetch until its wait runs out (the embedded mock cluster
              * does) delays a lone request by up to this; librdkafka's default is 500 ms. A
