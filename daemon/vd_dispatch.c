@@ -130,10 +130,10 @@ static void job_free(struct vd_job *j) {
  * (the event is the job's last member; vd_event_size()), or, for ev NULL, a whole job with an
  * empty event (a due run: few at a time). */
 static struct vd_job *job_new(struct vd_dispatch *d, struct vd_part *p, const struct vd_event *ev) {
-    struct vd_job *j = ev ? calloc(1, offsetof(struct vd_job, ev) + vd_event_size(ev))
-                          : calloc(1, sizeof *j);
+    size_t evsize = ev ? vd_event_size(ev) : 0;
+    struct vd_job *j = ev ? calloc(1, offsetof(struct vd_job, ev) + evsize) : calloc(1, sizeof *j);
     if (!j) abort();
-    if (ev) memcpy(&j->ev, ev, vd_event_size(ev));
+    if (ev) memcpy(&j->ev, ev, evsize);
     j->d = d;
     j->part = p;
     j->gen = p->gen;
