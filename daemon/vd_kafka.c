@@ -67,6 +67,9 @@ struct qwatch {
 struct producer {
     rd_kafka_t *rk; /* NULL: not used (the prompt one when linger.ms is 0 anyway) */
     struct qwatch q;
+    /* Every output topic, from the start: librdkafka asks for their metadata at once, not at
+     * the first output (which waited up to half a second for it: a first burst stalled). */
+    rd_kafka_topic_t *topics[VD_OUT__COUNT];
 };
 
 struct vd_kafka {
@@ -329,7 +332,7 @@ static void enqueue_retry(struct vd_kafka *k, struct retry *r) {
 /* Tries to produce; on a local failure the message goes to the retry list (owned there). */
 static void produce_or_retry(struct vd_kafka *k, struct retry *r) {
     rd_kafka_resp_err_t e = rd_kafka_producev(
-        k->prod[r->via].rk, RD_KAFKA_V_TOPIC(k->out_topics[r->topic]),
+        k->prod[r->via].rk, RD_KAFKA_V_RKT(k->prod[r->via].topics[r->topic]),
         RD_KAFKA_V_KEY(r->key, r->keylen), RD_KAFKA_V_VALUE(r->payload, r->len),
         /* The CloudEvents Kafka binding: a structured-mode event says so. */
         RD_KAFKA_V_HEADER("content-type", CE_STRUCTURED, sizeof CE_STRUCTURED - 1),
@@ -545,6 +548,13 @@ struct vd_kafka *vd_kafka_new(uv_loop_t *loop, const struct vd_config *cfg,
             goto err;
         }
     }
+    for (int p = 0; p < VD_LANE__COUNT; p++)
+        for (int t = 0; k->prod[p].rk && t < VD_OUT__COUNT; t++)
+            if (!(k->prod[p].topics[t] = rd_kafka_topic_new(k->prod[p].rk, k->out_topics[t], NULL))) {
+                snprintf(err, errlen, "kafka producer: topic %s: %s", k->out_topics[t],
+                         rd_kafka_err2str(rd_kafka_last_error()));
+                goto err;
+            }
     vd_lanes_init(&k->lanes, k->prod[VD_LANE_PROMPT].rk != NULL);
 
     rd_kafka_conf_t *cconf = build_conf(cfg, 1, err, errlen);
@@ -761,6 +771,9 @@ int vd_kafka_free(struct vd_kafka *k, int timeout_ms, int destroy_ms) {
     if (!k->consumer_closed && k->consumer)
         vd_warn("kafka: leaving without a clean group exit; the group rebalances after "
                 "session.timeout.ms");
+    for (int p = 0; p < VD_LANE__COUNT; p++)
+        for (int t = 0; t < VD_OUT__COUNT; t++)
+            if (k->prod[p].topics[t]) rd_kafka_topic_destroy(k->prod[p].topics[t]);
     if (destroy_bounded(k, destroy_ms) < 0) abandoned = 1;
     while (k->retry_head) {
         struct retry *r = k->retry_head;
