@@ -219,6 +219,17 @@ def cpu_s(pid):
         return None
 
 
+def sched_s(pid):
+    """(ran, waited for a core) of a process's main thread, in seconds, from the scheduler's
+    own accounting (/proc/PID/task/PID/schedstat); None when it is not there."""
+    try:
+        with open("/proc/%d/task/%d/schedstat" % (pid, pid)) as f:
+            ran, waited = f.read().split()[:2]
+        return int(ran) / 1e9, int(waited) / 1e9
+    except (OSError, ValueError):
+        return None
+
+
 def thread_cpu(pid):
     """{tid: (thread name, cpu s)} for every thread of a process."""
     out = {}
@@ -845,12 +856,19 @@ def drive(label, a, req_topic, out_topic, paced_bin, paced_keys, burst_bin, burs
             res["between"] = between()
         # Who else takes the machine's cores meanwhile: the Kafka mock and the collector.
         pids = dict(pids, **{"Kafka mock": a.mock_pid, "collector": col.p.pid})
+        rpid = pids.get("redis-server")
+        sched0 = sched_s(rpid) if rpid else None
         cpu0, mach0, t0 = {n: cpu_s(p) for n, p in pids.items()}, machine_cpu(), time.monotonic()
         produce(a.build, a.brokers, req_topic, burst_bin)
         if not wait_for(lambda: col.have(burst_keys), a.timeout, 0.2):
             die("%s: %d of %d burst requests have an outcome after %.0f s"
                 % (label, len([k for k in burst_keys if k in col.outcome]), len(burst_keys), a.timeout))
         cpu1, mach1, t1 = {n: cpu_s(p) for n, p in pids.items()}, machine_cpu(), time.monotonic()
+        sched1 = sched_s(rpid) if rpid else None
+        if sched0 and sched1:
+            # Redis's one thread: running, or ready and waiting for a core (the machine's
+            # other processes had both), or idle (no call of the program's to run).
+            res["redis_sched"] = (sched1[0] - sched0[0], sched1[1] - sched0[1])
         res["wall"] = t1 - t0
         res["machine"] = (mach1[0] - mach0[0]) / max(mach1[1] - mach0[1], 1)
         res["burst"], res["span"] = col.figures(burst_keys)
@@ -1012,11 +1030,7 @@ def raw_functions(a, vbin, burst_bin, burst_keys, redis):
     for name, part in (("pool", pool_cmds), ("burst", burst_cmds)):
         with open(os.path.join(a.workdir, "capture-%s.resp" % name), "wb") as f:
             f.writelines(Resp.encode(c) for c in part)
-    admin.call("FLUSHDB")
-    replay(port, db, pool_cmds)
-    c0, r0 = commandstats(admin), cpu_s(a.redis_pid)
-    wall, errors = replay(port, db, burst_cmds)
-    r1, c1 = cpu_s(a.redis_pid), commandstats(admin)
+    wall, errors, r0, r1, c0, c1 = timed_replay(a, pool_cmds, burst_cmds, admin)
     by_fn = collections.Counter(c[1].decode() for c in burst_cmds if len(c) > 1)
     # Again, with SLOWLOG timing every call: Redis's own time per call, by Function (the first
     # replay stays the timed one: the log costs a little).
@@ -1029,7 +1043,33 @@ def raw_functions(a, vbin, burst_bin, burst_keys, redis):
     admin.close()
     return {"wall": wall, "matches": matches, "calls": len(burst_cmds), "errors": errors,
             "redis_cpu": r1 - r0, "by_fn": by_fn, "cmdstats": cmd_delta(c0, c1),
-            "rate": matches / wall, "fn_us": fn_us, "fcall_us": fcall_us}
+            "rate": matches / wall, "fn_us": fn_us, "fcall_us": fcall_us,
+            "pool_cmds": pool_cmds, "burst_cmds": burst_cmds}
+
+
+def timed_replay(a, pool_cmds, burst_cmds, admin, db=1):
+    """Database db emptied, the pool's calls replayed, then the burst's, timed: (wall s, error
+    replies, Redis CPU s before and after, commandstats before and after)."""
+    admin.call("SELECT", db)
+    admin.call("FLUSHDB")
+    replay(a.redis_port, db, pool_cmds)
+    c0, r0 = commandstats(admin), cpu_s(a.redis_pid)
+    wall, errors = replay(a.redis_port, db, burst_cmds)
+    r1, c1 = cpu_s(a.redis_pid), commandstats(admin)
+    return wall, errors, r0, r1, c0, c1
+
+
+def replay_after(a, raw):
+    """The raw replay again, right after vdispatchd's burst: the machine's speed drifts within
+    minutes (the same calls took up to a third more Redis CPU a minute apart), so the limit is
+    taken on both sides of the burst."""
+    admin = Resp(a.redis_port)
+    try:
+        wall, errors, r0, r1, _, _ = timed_replay(a, raw["pool_cmds"], raw["burst_cmds"], admin)
+        admin.call("FLUSHDB")
+    finally:
+        admin.close()
+    return {"wall": wall, "errors": errors, "redis_cpu": r1 - r0, "rate": raw["matches"] / wall}
 
 
 def slowlog_by_function(conn, run, ncalls, floor_us=20):
@@ -1232,6 +1272,10 @@ def main():
     d["by_kind"] = {k.split('"')[1]: m1[k] - m0.get(k, 0) for k in m1
                     if k.startswith("vd_redis_calls_by_kind_total{")}
     rows["daemon"] = d
+    if "raw" in rows:
+        rows["raw"]["after"] = after = replay_after(a, rows["raw"])
+        say("raw Redis: replayed again after vdispatchd's burst in %.2f s (%s), %d error replies" % (
+            after["wall"], fmt_rate(after["rate"]), after["errors"]))
 
     # -- 5. the scripting-language reference on its own copy of the pool
     pyexe = None
@@ -1293,6 +1337,10 @@ def report(a, rows):
     if raw:
         print("%-34s %10.0f %22s %22s %9s %10s %9s" % ("raw Redis: the daemon's Functions", raw["rate"],
                                                      "-", "-", "-", "-", us(raw["redis_cpu"], raw["matches"])))
+        if raw.get("after"):
+            print("%-34s %10.0f %22s %22s %9s %10s %9s" % (
+                "  the same, after vdispatchd's burst", raw["after"]["rate"], "-", "-", "-", "-",
+                us(raw["after"]["redis_cpu"], raw["matches"])))
     if k:
         print("%-34s %10.0f %22s %22s %8.1fM %10s %9s" % ("Kafka path: vd-echo, 3 outputs", k["rate"],
                                                         lat(k, "paced"), lat(k, "burst"), k["rss_kib"] / 1024,
@@ -1327,6 +1375,10 @@ def report(a, rows):
             print("  %s: %s; the machine %.2f" % (label, ", ".join(
                 "%s %.2f" % (nm, c / r["wall"]) for nm, c in sorted(r["cpu"].items(), key=lambda kv: -kv[1])),
                 r["machine"] * (os.cpu_count() or 1)))
+            if r.get("redis_sched"):
+                ran, waited = r["redis_sched"]
+                print("    Redis's thread: running %.2f of the burst, waiting for a core %.2f, idle %.2f" % (
+                    ran / r["wall"], waited / r["wall"], max(0.0, 1 - (ran + waited) / r["wall"])))
     if raw:
         print("raw Functions: %d calls replayed (%s), %d error replies" % (
             raw["calls"], ", ".join("%s %d" % kv for kv in raw["by_fn"].most_common()), raw["errors"]))
@@ -1339,12 +1391,22 @@ def report(a, rows):
                     for f, v in sorted(fu.items(), key=lambda kv: -kv[1][1]))))
     print()
     print("ratios, this run (targets in parentheses):")
-    limits = [x for x in ((k or {}).get("rate"), (raw or {}).get("rate")) if x]
+    # The raw limit: the mean of the replays before and after vdispatchd's burst (the same
+    # calls; the machine's speed drifts between them).
+    raw_rate = raw_cpu = None
+    if raw:
+        reps = [raw] + ([raw["after"]] if raw.get("after") else [])
+        raw_rate = raw["matches"] / (sum(r["wall"] for r in reps) / len(reps))
+        raw_cpu = sum(r["redis_cpu"] for r in reps) / len(reps)
+    limits = [x for x in ((k or {}).get("rate"), raw_rate) if x]
     if limits:
         print("  matches/s / lower limit (Kafka path, raw Functions): %.2f  (>= 0.8)" % (d["rate"] / min(limits)))
+        if raw and raw.get("after"):
+            print("    against each replay of the raw Functions: before the burst %.2f, after it %.2f" % (
+                d["rate"] / raw["rate"], d["rate"] / raw["after"]["rate"]))
     if raw:
         print("  Redis CPU per match / raw Functions': %.2f  (<= 2)" % (
-            (d["cpu"].get("redis-server", 0) / n) / max(raw["redis_cpu"] / max(raw["matches"], 1), 1e-9)))
+            (d["cpu"].get("redis-server", 0) / n) / max(raw_cpu / max(raw["matches"], 1), 1e-9)))
     if k:
         print("  paced p99 - Kafka path's: %+.1f ms  (<= 2)" % (percentile(d["paced"], .99) - percentile(k["paced"], .99)))
     print("  peak RSS: %.1f MiB  (<= 32)" % (d["rss_kib"] / 1024))
