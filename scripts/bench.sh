@@ -5,11 +5,12 @@
 # /metrics on a free port), generates one seeded Hohhot scenario (an available pool, requests
 # paced at a steady rate, then a burst) and runs the same requests through: the Kafka path
 # alone (vd-echo, a worker that makes a match's outputs and does no matching), the raw Redis
-# limit (the daemon's own Functions, recorded and replayed pipelined; GEOSEARCH alone),
-# vdispatchd, and a plain Python worker (confluent-kafka). It prints matches/s, paced and
-# burst latency percentiles (request produced -> outcome consumed), peak RSS, CPU and Redis
-# CPU per match, Redis calls per match, and the ratios against the targets of
-# docs/performance.md. Figures only: nothing is asserted; the exit status says whether the
+# limit (the daemon's own Functions, recorded and replayed pipelined, before and after the
+# daemon's burst; GEOSEARCH alone), vdispatchd, and a plain Python worker (confluent-kafka).
+# It prints matches/s, paced and burst latency percentiles (request produced -> outcome
+# consumed), peak RSS, CPU and Redis CPU per match, Redis calls per match, how much of the
+# burst Redis's thread ran, waited for a core or sat idle, and the ratios against the targets
+# of docs/performance.md. Figures only: nothing is asserted; the exit status says whether the
 # run completed, not whether it was fast.
 #
 # Usage: scripts/bench.sh [--quick] [--volunteers N] [--paced N] [--rate R] [--burst N] [options]
