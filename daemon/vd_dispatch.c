@@ -171,38 +171,58 @@ static void on_settled(struct vd_redis *r, redisReply *reply, void *arg) {
         vd_debug("settling facts failed: %s", reply && reply->str ? reply->str : "no reply");
 }
 
-/* Tells Redis, in one call for up to VD_SETTLE_BATCH requests, which facts reached Kafka; the
- * cron sends what waited behind a call in flight. */
+/* Tells Redis, in calls of up to VD_SETTLE_BATCH requests, which facts reached Kafka. */
 static void flush_settles(struct vd_dispatch *d) {
-    if (!d->nsettles || !vd_redis_is_ready(d->redis)) return;
     const struct vd_config *cfg = d->cfg;
     const char *pfx = cfg->redis_key_prefix;
-    struct vd_args a;
-    vd_args_fcall(&a, VD_FN("settle"), 1 + d->nsettles, 0);
-    vd_argf(&a, "%sdue", pfx);
-    for (int i = 0; i < d->nsettles; i++) vd_argf(&a, "%sreq/%s", pfx, d->settles[i].rid);
-    vd_arg(&a, pfx);
-    vd_argf(&a, "%d", VD_LEASE_MS);
-    vd_argf(&a, "%lld", (long long)cfg->task_timeout_s * 1000);
-    for (int i = 0; i < d->nsettles; i++) {
-        vd_arg(&a, d->settles[i].rid);
-        vd_argf(&a, "%lld", d->settles[i].seq);
+    int from = 0;
+    while (from < d->nsettles && vd_redis_is_ready(d->redis)) {
+        int n = d->nsettles - from < VD_SETTLE_BATCH ? d->nsettles - from : VD_SETTLE_BATCH;
+        const struct vd_settle *s = d->settles + from;
+        struct vd_args a;
+        vd_args_fcall(&a, VD_FN("settle"), 1 + n, 0);
+        vd_argf(&a, "%sdue", pfx);
+        for (int i = 0; i < n; i++) vd_argf(&a, "%sreq/%s", pfx, s[i].rid);
+        vd_arg(&a, pfx);
+        vd_argf(&a, "%d", VD_LEASE_MS);
+        vd_argf(&a, "%lld", (long long)cfg->task_timeout_s * 1000);
+        for (int i = 0; i < n; i++) {
+            vd_arg(&a, s[i].rid);
+            vd_argf(&a, "%lld", s[i].seq);
+        }
+        from += n;
+        d->settles_in_flight++;
+        count_call(d, VD_CALL_SETTLE);
+        if (a.overflow || vd_redis_command(d->redis, on_settled, d, a.n, a.v, a.l) < 0)
+            d->settles_in_flight--;
     }
-    d->nsettles = 0;
-    d->settles_in_flight++;
-    count_call(d, VD_CALL_SETTLE);
-    if (a.overflow || vd_redis_command(d->redis, on_settled, d, a.n, a.v, a.l) < 0)
-        d->settles_in_flight--;
+    /* What Redis could not take yet waits for the cron (its facts are published again should
+     * the lease lapse first). */
+    memmove(d->settles, d->settles + from, (size_t)(d->nsettles - from) * sizeof *d->settles);
+    d->nsettles -= from;
 }
 
+/* Settles go at once when none is in flight (fewer facts published twice). Under load they
+ * batch up behind the one in flight, and while a round's call is in Redis they wait for its
+ * answer: vd_dispatch_round_answered() sends them before the daemon solves the round, so Redis
+ * settles while it would otherwise wait for the round's claim. The cron sends what is left. */
 static void settle_later(struct vd_dispatch *d, const char *rid, long long seq) {
-    if (d->nsettles == VD_SETTLE_BATCH) flush_settles(d);
-    if (d->nsettles == VD_SETTLE_BATCH) return; /* Redis is down: the lease covers it */
+    if (d->nsettles == VD_SETTLE_HOLD) flush_settles(d);
+    if (d->nsettles == VD_SETTLE_HOLD) return; /* Redis is down: the lease covers it */
     snprintf(d->settles[d->nsettles].rid, sizeof d->settles[0].rid, "%s", rid);
     d->settles[d->nsettles++].seq = seq;
-    /* At once when none is in flight (fewer facts published twice); under load they batch
-     * up behind the one in flight. */
-    if (d->settles_in_flight == 0) flush_settles(d);
+    if (d->round_calls) {
+        if (d->nsettles < VD_SETTLE_HOLD) return;
+    } else if (d->settles_in_flight && d->nsettles < VD_SETTLE_BATCH) {
+        return;
+    }
+    flush_settles(d);
+}
+
+void vd_dispatch_round_answered(struct vd_dispatch *d) {
+    if (!d->nsettles) return;
+    flush_settles(d);
+    vd_redis_send_now(d->redis);
 }
 
 static void kick(struct vd_part *p);
@@ -653,7 +673,7 @@ void vd_dispatch_attach(struct vd_dispatch *d, struct vd_redis *redis, struct vd
 
 void vd_dispatch_cron(struct vd_dispatch *d) {
     for (struct vd_part *p = d->parts; p; p = p->next) kick(p);
-    flush_settles(d);
+    if (!d->round_calls) flush_settles(d); /* else the round's answer sends them */
     poll_due(d);
     sweep(d);
     vd_round_kick(d);

@@ -121,6 +121,7 @@ struct vd_job {
 };
 
 #define VD_SETTLE_BATCH 16 /* settled requests per vd_settle call */
+#define VD_SETTLE_HOLD 512 /* settles held while a round's call is in Redis (flush_settles()) */
 
 struct vd_dispatch {
     uv_loop_t *loop;
@@ -145,8 +146,9 @@ struct vd_dispatch {
     struct vd_settle {
         char rid[VD_ID_MAX + 1];
         long long seq;
-    } settles[VD_SETTLE_BATCH];
+    } settles[VD_SETTLE_HOLD];
     int nsettles, settles_in_flight;
+    int round_calls; /* round and widen calls sent and not yet answered, every pool's */
     struct vd_dispatch_stats stats;
 };
 
@@ -181,6 +183,9 @@ typedef void vd_job_reply_fn(struct vd_job *j, redisReply *r);
 void vd_job_call(struct vd_job *j, struct vd_args *a, vd_job_reply_fn *fn);
 /* The Redis part of job j is over: it waits for its outputs' acknowledgements. */
 void vd_job_redis_done(struct vd_job *j);
+/* A round's call was answered (d->round_calls already counts it off): the settles held while
+ * it was in Redis go now, written at once, so that Redis runs them while the daemon solves. */
+void vd_dispatch_round_answered(struct vd_dispatch *d);
 
 /* The job's Redis call failed (reply NULL or an error): it waits for Redis and runs again,
  * becomes a dead letter, or is retried, as for any call. */

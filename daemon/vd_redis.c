@@ -577,6 +577,14 @@ int vd_redis_command(struct vd_redis *r, vd_redis_cb *cb, void *arg, int argc, c
     return send_cmd(r, cb, arg, argc, argv, argvlen);
 }
 
+void vd_redis_send_now(struct vd_redis *r) {
+    if (r->state != VD_REDIS_READY || !r->ac) return;
+    /* A write event stays registered until a write finds the buffer empty: hiredis writes the
+     * rest, if the socket took only part, or sees an error set here. */
+    int done = 0;
+    (void)redisBufferWrite(&r->ac->c, &done);
+}
+
 int vd_redis_is_ready(const struct vd_redis *r) { return r->state == VD_REDIS_READY; }
 enum vd_redis_state vd_redis_state(const struct vd_redis *r) { return r->state; }
 const char *vd_redis_status(const struct vd_redis *r) { return r->status; }

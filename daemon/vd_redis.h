@@ -78,6 +78,13 @@ struct vd_redis *vd_redis_new(uv_loop_t *loop, const struct vd_config *cfg,
 int vd_redis_command(struct vd_redis *r, vd_redis_cb *cb, void *arg, int argc, const char **argv,
                      const size_t *argvlen);
 
+/* Writes the commands queued so far to Redis now. hiredis writes them when the loop next finds
+ * the socket writable, after the running callback returns: a callback that has more to do
+ * after a command (a round's solve after its claim) calls this so that Redis runs the command
+ * meanwhile. A failed write is hiredis's to report: its next write event drops the connection
+ * and fails every pending command. */
+void vd_redis_send_now(struct vd_redis *r);
+
 /* The class of a reply as a command's callback sees it: -1 for a reply that is not an error. */
 int vd_redis_reply_class(const redisReply *reply);
 

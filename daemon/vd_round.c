@@ -413,9 +413,11 @@ static int gather(struct vd_round *r, struct vd_job **jobs, int n, int count, vd
     d->stats.redis_calls++;
     d->stats.calls[cb == on_gathered ? VD_CALL_ROUND : VD_CALL_WIDEN]++;
     if (cb == on_gathered) r->pool->searching++;
+    d->round_calls++;
     if (!argv || vd_redis_command(d->redis, cb, r, a.n, argv, a.len) < 0) {
         argv_free(&a);
         if (cb == on_gathered) r->pool->searching--;
+        d->round_calls--;
         round_failed(r, r->rows ? r->rows : r->jobs, r->rows ? r->nrows : r->n, NULL);
         round_done(r);
         return -1;
@@ -781,7 +783,9 @@ static void on_gathered(struct vd_redis *rc, redisReply *reply, void *arg) {
     struct vd_pool *p = r->pool;
     p->searching--;
     r->gathering = 0;
+    r->d->round_calls--;
     if (!gather_reply_ok(r, reply, r->n, r->jobs, r->n)) return;
+    vd_dispatch_round_answered(r->d);
     /* Nobody in the pool (a surge used it up; every entry carries the pool's size): this
      * round's claim takes nobody, so the next round need not wait for it, nor for this
      * reply's outcomes to be published: Redis runs it meanwhile. Nor need a round sent
@@ -790,7 +794,10 @@ static void on_gathered(struct vd_redis *rc, redisReply *reply, void *arg) {
      * now, and two are in Redis again at most. */
     p->empty = r->n && num(reply->element[0], 13) == 0;
     if (p->empty && p->round && p->round != r && p->round->gathering) p->round = NULL;
-    if (p->empty) let_next_start(r);
+    if (p->empty) {
+        let_next_start(r);
+        vd_redis_send_now(r->d->redis); /* before the outcomes are published */
+    }
     take_rows(r, r->jobs, r->n, reply, 1);
     if (!r->nrows) { /* nothing to solve: every request ended, or was claimed at once */
         round_done(r);
@@ -802,7 +809,9 @@ static void on_gathered(struct vd_redis *rc, redisReply *reply, void *arg) {
 static void on_widened(struct vd_redis *rc, redisReply *reply, void *arg) {
     struct vd_round *r = arg;
     (void)rc;
+    r->d->round_calls--;
     if (!gather_reply_ok(r, reply, r->nwide, r->rows, r->nrows)) return;
+    vd_dispatch_round_answered(r->d);
     take_rows(r, r->wide, r->nwide, reply, 0);
     assign(r);
 }
@@ -844,6 +853,8 @@ static void claim(struct vd_round *r) {
         return;
     }
     argv_free(&a);
+    /* Written now: building the next round's call takes a while, and Redis would wait. */
+    vd_redis_send_now(d->redis);
     /* The claim is on its way: the pool's next round may start now. Its call goes behind the
      * claim on the one connection, so Redis runs it after the claim and it sees what the claim
      * took; meanwhile the daemon publishes this round's outcomes. */

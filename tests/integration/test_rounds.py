@@ -10,7 +10,8 @@ Runs the real vdispatchd against the harness's redis-server and Kafka mock:
                                the other's only good one: the pair that travels least, also
                                when each request first sees only its nearest (the round widens)
   test_rounds_grow_under_load  a burst of 300: rounds of many, far fewer Redis calls than
-                               requests
+                               requests; every fact published is then settled in Redis (the
+                               settles held while a round's call is in Redis are all sent)
   test_continuity              the volunteer who last served a resident is preferred next time
   test_open_place_nudged       offer mode: a request waits with an open place, at no cost (no
                                rounds); a volunteer who comes near is offered it at once
@@ -21,7 +22,7 @@ Runs the real vdispatchd against the harness's redis-server and Kafka mock:
                                call
   test_empty_pool_surge        600 requests into an empty pool, with volunteers joining halfway
                                (the pool's rounds overlap while it is empty): every request has
-                               one outcome, each volunteer is confirmed once
+                               one outcome, each volunteer is confirmed once, every fact settled
 
     VD_BUILD=build VD_SOURCE=. python3 tests/integration/test_rounds.py [TEST_NAME ...]
 """
@@ -97,6 +98,20 @@ def test_least_total_travel():
             assert m["vd_rounds_total"] == 1 and widen == (1 if cands == 1 else 0), m
 
 
+def wait_settled(env, rids):
+    """Every fact of the requests reached Kafka and Redis was told so (`pub` caught up with
+    `seq`): nothing is left for a later step to publish again."""
+    def behind():
+        rows = env.redis.pipeline([("HMGET", "vd:req/" + r, "seq", "pub") for r in rids])
+        return ["%s seq %s pub %s" % (r, seq, pub) for r, (seq, pub) in zip(rids, rows)
+                if seq is None or (pub or "0") != seq]
+    deadline = time.monotonic() + 15 * SCALE
+    while behind() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = behind()
+    assert not left, "%d requests with facts not settled: %s" % (len(left), left[:5])
+
+
 def test_rounds_grow_under_load():
     with vdtest.Env() as env:
         d = start(env, **{"matching.offer_timeout_ms": 0})
@@ -118,6 +133,7 @@ def test_rounds_grow_under_load():
         assert calls < 300, "%d Redis calls for 300 requests" % calls
         _, chosen = check_outcomes(env, rids)
         assert all(e["type"] == "vd.assignment.confirmed" for e in chosen.values())
+        wait_settled(env, rids)
 
 
 def test_continuity():
@@ -251,6 +267,7 @@ def test_empty_pool_surge():
         for v, r in served.items():
             assert vol(env, v, "task") == r, (v, r)
         assert all(e["type"] == "vd.request.unmatched" for r, e in chosen.items() if r not in served.values())
+        wait_settled(env, rids)
         no_dead_letters(env)
 
 
