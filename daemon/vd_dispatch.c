@@ -190,11 +190,17 @@ static void flush_settles(struct vd_dispatch *d) {
             vd_arg(&a, s[i].rid);
             vd_argf(&a, "%lld", s[i].seq);
         }
-        from += n;
+        if (a.overflow) { /* cannot be sent, now or later: the lease covers its facts */
+            from += n;
+            continue;
+        }
         d->settles_in_flight++;
-        count_call(d, VD_CALL_SETTLE);
-        if (a.overflow || vd_redis_command(d->redis, on_settled, d, a.n, a.v, a.l) < 0)
+        if (vd_redis_command(d->redis, on_settled, d, a.n, a.v, a.l) < 0) {
             d->settles_in_flight--;
+            break;
+        }
+        from += n;
+        count_call(d, VD_CALL_SETTLE);
     }
     /* What Redis could not take yet waits for the cron (its facts are published again should
      * the lease lapse first). */
