@@ -767,9 +767,16 @@ static void take_rows(struct vd_round *r, struct vd_job **jobs, int n, const red
     }
 }
 
+/* A round or widening call was answered. Returns 1 for an answer to take (the settles held
+ * while the call was in Redis go first); else every job in the round waits for Redis, the round
+ * is over and r is freed. */
 static int gather_reply_ok(struct vd_round *r, const redisReply *reply, int n, struct vd_job **jobs,
                            int njobs) {
-    if (reply && reply->type == REDIS_REPLY_ARRAY && (int)reply->elements == n) return 1;
+    r->d->round_calls--;
+    if (reply && reply->type == REDIS_REPLY_ARRAY && (int)reply->elements == n) {
+        vd_dispatch_round_answered(r->d);
+        return 1;
+    }
     if (reply && reply->type != REDIS_REPLY_ERROR)
         vd_error("round of %d requests: unexpected reply from %s", n, VD_FN("round"));
     round_failed(r, jobs, njobs, reply && reply->type == REDIS_REPLY_ERROR ? reply : NULL);
@@ -783,9 +790,7 @@ static void on_gathered(struct vd_redis *rc, redisReply *reply, void *arg) {
     struct vd_pool *p = r->pool;
     p->searching--;
     r->gathering = 0;
-    r->d->round_calls--;
     if (!gather_reply_ok(r, reply, r->n, r->jobs, r->n)) return;
-    vd_dispatch_round_answered(r->d);
     /* Nobody in the pool (a surge used it up; every entry carries the pool's size): this
      * round's claim takes nobody, so the next round need not wait for it, nor for this
      * reply's outcomes to be published: Redis runs it meanwhile. Nor need a round sent
@@ -809,9 +814,7 @@ static void on_gathered(struct vd_redis *rc, redisReply *reply, void *arg) {
 static void on_widened(struct vd_redis *rc, redisReply *reply, void *arg) {
     struct vd_round *r = arg;
     (void)rc;
-    r->d->round_calls--;
     if (!gather_reply_ok(r, reply, r->nwide, r->rows, r->nrows)) return;
-    vd_dispatch_round_answered(r->d);
     take_rows(r, r->wide, r->nwide, reply, 0);
     assign(r);
 }
