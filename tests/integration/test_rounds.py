@@ -252,7 +252,13 @@ def test_empty_pool_surge():
                 for i in range(600)]
         env.send("requests", reqs[:300])
         vols = ["es-v%d" % i for i in range(5)]
-        add_volunteers(env, [(v, place(0, 100 * i, 0), {}) for i, v in enumerate(vols)])
+        # Rounds are running as they join: one may be taken the moment it is pooled, so each is
+        # waited for until it is pooled or holds a task.
+        env.send("volunteers", [vdtest.volunteer_available(v, *place(0, 100 * i, 0))
+                                for i, v in enumerate(vols)])
+        for v in vols:
+            env.wait_for(lambda v=v: pooled(env, v) or vol(env, v, "task"), timeout=30,
+                         what="%s pooled or serving" % v)
         env.send("requests", reqs[300:])
         rids = [e["data"]["request_id"] for e in reqs]
         wait_all_outcomes(env, rids)
